@@ -1,0 +1,176 @@
+"""What every loss shares: input checks, the sequence score s_i, KL diagnostics, LossOutput."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from real_lightning.losses.groups import Groups, build_groups
+
+
+@dataclass
+class LossOutput:
+    """Result of a loss function.
+
+    Attributes:
+        loss: scalar tensor to back-propagate.
+        metrics: detached tensors (no device sync inside the loss). Every loss fills:
+
+            - ``scores`` [B]: sequence score s_i = mean over response tokens of log π_θ − log π_old.
+            - ``grad_weights`` [B]: per-rollout gradient weight ``Z · ∂loss/∂s_i`` where ``Z`` is
+              ``weight_normalizer``. For losses that are not a function of s alone (GRPO, DAPO),
+              ∂loss/∂s_i means the effective weight Σ_t ∂loss/∂logprobs[i, t] over the rollout's
+              response tokens, which equals ∂loss/∂s_i for every loss that is a function of s.
+              Units: per group for ``real`` and ``real_product`` (bounded by 1/τ), per rollout
+              for ``real_bce``, per sequence for ``grpo``, ``dapo`` and ``gspo``. 0 for an empty
+              response (s_i is then the constant 0).
+            - ``weight_normalizer`` []: Z, the count the batch loss is divided by (groups,
+              contrast rollouts, or sequences).
+            - ``labels`` [B] long: 1 positive, 0 negative, -1 in a group without label contrast.
+            - ``contrast_fraction`` []: fraction of groups whose rewards are not all equal.
+            - ``num_groups`` []: number of groups in the batch.
+            - ``weight_abs_mean_pos`` / ``weight_abs_mean_neg`` []: mean |grad_weights| over
+              positive / negative rollouts (0 when there are none).
+            - ``ppo_kl`` []: token mean of log π_old − log π_θ (verl's ``ppo_kl``).
+            - ``low_var_kl`` []: token mean of the k3 estimator exp(d) − d − 1, d = log π_old − log π_θ.
+
+            Clipped losses add ``clip_fraction`` (and ``_high`` / ``_low``), the share of tokens
+            (sequences for GSPO) whose gradient the clip removes, and ``advantages`` [B].
+    """
+
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Losses run in float32 at least: bfloat16/float16 inputs are promoted, float64 is kept."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def check_inputs(
+    logprobs: Tensor, old_logprobs: Tensor, response_mask: Tensor, rewards: Tensor, group_ids: Tensor
+) -> None:
+    """Raise ``ValueError`` naming the argument whose shape or dtype is wrong (shape checks only, no sync)."""
+    if logprobs.dim() != 2:
+        raise ValueError(f"logprobs must be [B, T], got shape {tuple(logprobs.shape)}")
+    for name, tensor in (("old_logprobs", old_logprobs), ("response_mask", response_mask)):
+        if tensor.shape != logprobs.shape:
+            raise ValueError(
+                f"{name} must have the shape of logprobs {tuple(logprobs.shape)}, got {tuple(tensor.shape)}"
+            )
+    batch = logprobs.shape[0]
+    for name, tensor in (("rewards", rewards), ("group_ids", group_ids)):
+        if tensor.shape != (batch,):
+            raise ValueError(f"{name} must be [B] = [{batch}], got shape {tuple(tensor.shape)}")
+    if group_ids.is_floating_point() or group_ids.is_complex():
+        raise ValueError(f"group_ids must be an integer tensor, got {group_ids.dtype}")
+    if not logprobs.is_floating_point():
+        raise ValueError(f"logprobs must be floating point, got {logprobs.dtype}")
+
+
+def check_positive(**hparams: float) -> None:
+    """Raise ``ValueError`` naming any hyper-parameter that is not > 0."""
+    for name, value in hparams.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def token_log_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
+    """[B, T] log π_θ − log π_old in the compute dtype, exactly 0 where the mask is 0.
+
+    Masked positions may hold anything (padding, -inf): ``torch.where`` keeps them out of values
+    and gradients.
+    """
+    dtype = compute_dtype(logprobs.dtype)
+    diff = logprobs.to(dtype) - old_logprobs.detach().to(dtype)  # [B, T]
+    return diff.masked_fill_(~mask, 0.0)  # in place: one [B, T] buffer; the backward zeroes masked grads
+
+
+def response_lengths(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """[B] number of response tokens, at least 1 so that an empty response has s = 0."""
+    return mask.sum(-1).clamp_min(1).to(dtype)
+
+
+def sequence_scores(log_ratio: Tensor, lengths: Tensor) -> Tensor:
+    """[B] s_i = (1/|o_i|) Σ_t log-ratio."""
+    return log_ratio.sum(-1) / lengths
+
+
+def masked_token_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Scalar mean of [B, T] values over mask (0 when the mask is empty)."""
+    return torch.where(mask, values, torch.zeros_like(values)).sum() / mask.sum().clamp_min(1)
+
+
+def masked_mean(values: Tensor, select: Tensor) -> Tensor:
+    """Scalar mean of [B] values where ``select`` (0 when nothing is selected)."""
+    return torch.where(select, values, torch.zeros_like(values)).sum() / select.sum().clamp_min(1)
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """Quantities every loss derives from its inputs.
+
+    Attributes:
+        mask: [B, T] bool response mask.
+        log_ratio: [B, T] log π_θ − log π_old in the compute dtype, 0 outside the mask.
+        lengths: [B] response lengths, at least 1.
+        scores: [B] sequence scores s_i (differentiable).
+        rewards: [B] rewards in the compute dtype (detached).
+        groups: group structure and labels.
+    """
+
+    mask: Tensor
+    log_ratio: Tensor
+    lengths: Tensor
+    scores: Tensor
+    rewards: Tensor
+    groups: Groups
+
+
+def prepare(
+    logprobs: Tensor, old_logprobs: Tensor, response_mask: Tensor, rewards: Tensor, group_ids: Tensor
+) -> PreparedBatch:
+    """Check the inputs and compute the mask, log-ratios, scores and groups (arguments as in the losses)."""
+    check_inputs(logprobs, old_logprobs, response_mask, rewards, group_ids)
+    mask = as_bool_mask(response_mask)
+    log_ratio = token_log_ratio(logprobs, old_logprobs, mask)
+    lengths = response_lengths(mask, log_ratio.dtype)
+    rewards = rewards.detach().to(log_ratio.dtype)
+    return PreparedBatch(
+        mask=mask,
+        log_ratio=log_ratio,
+        lengths=lengths,
+        scores=sequence_scores(log_ratio, lengths),
+        rewards=rewards,
+        groups=build_groups(rewards, group_ids),
+    )
+
+
+def base_metrics(batch: PreparedBatch, grad_weights: Tensor, normalizer: Tensor | int) -> dict[str, Tensor]:
+    """The metrics every loss reports (see :class:`LossOutput`), all detached."""
+    scores, groups = batch.scores.detach(), batch.groups
+    # an empty response has no token to carry gradient: its effective weight is 0
+    grad_weights = torch.where(batch.mask.any(-1), grad_weights.detach(), torch.zeros_like(scores))
+    log_ratio = batch.log_ratio.detach()  # 0 outside the mask, where both KL terms below vanish
+    num_tokens = batch.mask.sum().clamp_min(1)
+    k3 = log_ratio.neg().expm1_().add_(log_ratio)  # exp(d) − 1 − d with d = −log-ratio; one [B, T] buffer
+    abs_weights = grad_weights.abs()
+    return {
+        "scores": scores,
+        "grad_weights": grad_weights,
+        "weight_normalizer": torch.as_tensor(normalizer, device=scores.device).to(scores.dtype),
+        "labels": groups.labels,
+        "contrast_fraction": groups.contrast.to(scores.dtype).mean(),
+        "num_groups": torch.tensor(groups.num_groups, dtype=scores.dtype, device=scores.device),
+        "weight_abs_mean_pos": masked_mean(abs_weights, groups.positive),
+        "weight_abs_mean_neg": masked_mean(abs_weights, groups.negative),
+        "ppo_kl": -log_ratio.sum() / num_tokens,
+        "low_var_kl": k3.sum() / num_tokens,
+    }
+
+
+def as_bool_mask(response_mask: Tensor) -> Tensor:
+    """Response mask as bool (accepts bool, integer or 0/1 float masks)."""
+    return response_mask if response_mask.dtype == torch.bool else response_mask != 0

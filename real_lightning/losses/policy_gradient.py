@@ -1,0 +1,274 @@
+"""The GRPO family of baselines: GRPO, DAPO and GSPO (clipped importance-weighted policy gradient).
+
+All three share the group-normalised advantage A_i = (r_i − mean_q)/(std_q + eps) (std the
+unbiased sample standard deviation, as in verl; a group of one takes mean 0 and std 1) and the
+PPO clip min(ρA, clip(ρ, 1 − ε_low, 1 + ε_high)A). They differ in where the ratio ρ lives and how
+the batch is aggregated:
+
+====== ======================== ================== ====================================
+loss   ratio ρ                  clip (low, high)   aggregation
+====== ======================== ================== ====================================
+grpo   per token                0.2, 0.2           mean over tokens, then over sequences
+dapo   per token                0.2, 0.28          mean over all tokens of the batch
+gspo   per sequence, exp(s_i)   3e-4, 4e-4         mean over sequences
+====== ======================== ================== ====================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from real_lightning.losses.common import LossOutput, PreparedBatch, base_metrics, prepare
+from real_lightning.losses.groups import Groups, build_groups, segment_sum
+
+Variant = Literal["grpo", "dapo", "gspo"]
+CLIP_RANGES: dict[str, tuple[float, float]] = {"grpo": (0.2, 0.2), "dapo": (0.2, 0.28), "gspo": (3e-4, 4e-4)}
+"""The papers' default (clip_low, clip_high) per variant."""
+DEFAULT_ADV_EPS = 1e-6
+
+
+def group_advantages(
+    rewards: Tensor, groups: Groups, eps: float = DEFAULT_ADV_EPS, scale_by_std: bool = True
+) -> Tensor:
+    """[B] GRPO advantages (r_i − mean_q)/(std_q + eps); without ``scale_by_std`` just r_i − mean_q (Dr. GRPO)."""
+    rewards = rewards.detach()
+    sizes = groups.sizes.to(rewards.dtype)
+    single = groups.sizes == 1
+    mean = segment_sum(rewards, groups.index, groups.num_groups) / sizes
+    centred = rewards - mean[groups.index]
+    var = segment_sum(centred.square(), groups.index, groups.num_groups) / (sizes - 1).clamp_min(1)
+    mean = torch.where(single, torch.zeros_like(mean), mean)
+    std = torch.where(single, torch.ones_like(var), var.sqrt())
+    advantages = rewards - mean[groups.index]
+    return advantages / (std[groups.index] + eps) if scale_by_std else advantages
+
+
+def grpo_advantages(
+    rewards: Tensor, group_ids: Tensor, eps: float = DEFAULT_ADV_EPS, scale_by_std: bool = True
+) -> Tensor:
+    """[B] GRPO advantages of rewards [B] grouped by integer ``group_ids`` [B]."""
+    dtype = torch.promote_types(rewards.dtype, torch.float32)
+    return group_advantages(rewards.to(dtype), build_groups(rewards, group_ids), eps, scale_by_std)
+
+
+@dataclass(frozen=True)
+class _PGTerms:
+    """The clipped objective min(ρA, clip(ρ)A) of each token (grpo, dapo) or sequence (gspo), summed per row.
+
+    min(ρA, clip(ρ)A) is ρA where the clip is inactive and the constant bound·A where it is active,
+    so each row's objective is A_i·value_sum_i with value_sum_i = Σ_active ρ + (1 + ε_high)·n_high +
+    (1 − ε_low)·n_low: no [B, T] objective tensor is ever materialised.
+    """
+
+    value_sum: Tensor  # [B] differentiable, Σ over the row's tokens (or its sequence) of the clipped ratio
+    active_ratio_sum: Tensor  # [B] detached, Σ over unclipped response tokens (or the sequence) of ρ
+    clip_high: Tensor  # [B] count of tokens (sequences: 0/1) clipped above, A > 0 and ρ > 1 + ε_high
+    clip_low: Tensor  # [B] count of tokens (sequences: 0/1) clipped below, A < 0 and ρ < 1 − ε_low
+
+
+def clip_masks(ratio: Tensor, advantages: Tensor, clip_low: float, clip_high: float) -> tuple[Tensor, Tensor]:
+    """Where the PPO clip removes the gradient: (high, low) bool masks of ratio's shape.
+
+    min(ρA, clip(ρ)A) takes the constant clipped branch exactly when A > 0 and ρ > 1 + ε_high
+    (high) or A < 0 and ρ < 1 − ε_low (low); everywhere else it equals ρA. ``advantages`` broadcasts.
+    """
+    high = (ratio > 1 + clip_high).logical_and_(advantages > 0)
+    low = (ratio < 1 - clip_low).logical_and_(advantages < 0)
+    return high, low
+
+
+def _terms(batch: PreparedBatch, variant: Variant, clip_low: float, clip_high: float, adv: Tensor) -> _PGTerms:
+    if variant == "gspo":
+        ratio = torch.exp(batch.scores)  # [B] sequence-level ratio exp(mean_t log-ratio)
+        high, low = clip_masks(ratio.detach(), adv, clip_low, clip_high)
+        active = ~(high | low)
+        bound = torch.full_like(ratio, 1 - clip_low).masked_fill_(high, 1 + clip_high).detach()
+        value = torch.where(active, ratio, bound)
+        active_ratio = torch.where(active & batch.mask.any(-1), ratio.detach(), torch.zeros_like(value))
+        return _PGTerms(value, active_ratio, high.to(value.dtype), low.to(value.dtype))
+    ratio = torch.exp(batch.log_ratio)  # [B, T]; exactly 1 outside the mask, where no clip can be active
+    high, low = clip_masks(ratio.detach(), adv[:, None], clip_low, clip_high)
+    active = (high | low).logical_not_().logical_and_(batch.mask)
+    active_sum = torch.where(active, ratio, torch.zeros((), dtype=ratio.dtype, device=ratio.device)).sum(-1)
+    n_high, n_low = high.sum(-1).to(ratio.dtype), low.sum(-1).to(ratio.dtype)
+    value_sum = active_sum + (1 + clip_high) * n_high + (1 - clip_low) * n_low
+    return _PGTerms(value_sum, active_sum.detach(), n_high, n_low)
+
+
+def _aggregate(row_objective: Tensor, batch: PreparedBatch, variant: Variant) -> Tensor:
+    """Scalar batch loss from each row's summed objective A_i·value_sum_i [B]."""
+    if variant == "gspo":
+        return -row_objective.mean()
+    if variant == "grpo":
+        return -(row_objective / batch.lengths).mean()
+    return -row_objective.sum() / batch.mask.sum().clamp_min(1)  # dapo: token-mean over the batch
+
+
+def _closed_form_weights(terms: _PGTerms, adv: Tensor, batch: PreparedBatch, variant: Variant) -> Tensor:
+    """[B] B·Σ_t ∂loss/∂logprobs[i, t]: the effective per-sequence weight on s_i, from the formula.
+
+    Per token ∂(−min(ρA, clip(ρ)A))/∂log π = −Aρ where the clip is inactive, 0 where it is active;
+    for GSPO ∂ρ/∂s = ρ. So the weight is −A_i·Σ_active ρ times the aggregation's factor.
+    """
+    signal = -adv * terms.active_ratio_sum
+    if variant == "gspo":
+        return signal
+    if variant == "grpo":
+        return signal / batch.lengths
+    return signal * batch.mask.shape[0] / batch.mask.sum().clamp_min(1)
+
+
+def _pg_loss(
+    variant: Variant,
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    response_mask: Tensor,
+    rewards: Tensor,
+    group_ids: Tensor,
+    clip_low: float,
+    clip_high: float,
+    adv_eps: float,
+    scale_adv_by_std: bool,
+) -> LossOutput:
+    if clip_low < 0 or clip_high < 0:
+        raise ValueError(f"clip_low and clip_high must be >= 0, got {clip_low}, {clip_high}")
+    batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids)
+    adv = group_advantages(batch.rewards, batch.groups, adv_eps, scale_adv_by_std)
+    terms = _terms(batch, variant, clip_low, clip_high, adv)
+    loss = _aggregate(adv * terms.value_sum, batch, variant)
+    metrics = base_metrics(batch, _closed_form_weights(terms, adv, batch, variant), batch.mask.shape[0])
+    metrics["advantages"] = adv
+    units = batch.mask.shape[0] if variant == "gspo" else batch.mask.sum().clamp_min(1)  # sequences or tokens
+    metrics["clip_fraction_high"] = terms.clip_high.sum() / units
+    metrics["clip_fraction_low"] = terms.clip_low.sum() / units
+    metrics["clip_fraction"] = metrics["clip_fraction_high"] + metrics["clip_fraction_low"]
+    return LossOutput(loss, metrics)
+
+
+def pg_gradient_weights(
+    variant: Variant,
+    *,
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    response_mask: Tensor,
+    rewards: Tensor,
+    group_ids: Tensor,
+    clip_low: float | None = None,
+    clip_high: float | None = None,
+    adv_eps: float = DEFAULT_ADV_EPS,
+    scale_adv_by_std: bool = True,
+) -> Tensor:
+    """Closed-form effective per-rollout weights [B] of a GRPO-family loss, B·Σ_t ∂loss/∂logprobs[i, t].
+
+    grpo: −A_i·mean_t(ρ_t·[unclipped]); dapo: −A_i·(B/N_tok)·Σ_t ρ_t·[unclipped]; gspo: −A_i·e^{s_i}·[unclipped].
+    On-policy (ρ = 1) GRPO's weight is −A_i, whatever the rollout's probability. Clip ranges
+    default to the variant's (:data:`CLIP_RANGES`).
+    """
+    default_low, default_high = CLIP_RANGES[variant]
+    clip_low = default_low if clip_low is None else clip_low
+    clip_high = default_high if clip_high is None else clip_high
+    with torch.no_grad():
+        batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids)
+        adv = group_advantages(batch.rewards, batch.groups, adv_eps, scale_adv_by_std)
+        return _closed_form_weights(_terms(batch, variant, clip_low, clip_high, adv), adv, batch, variant)
+
+
+def grpo_loss(
+    *,
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    response_mask: Tensor,
+    rewards: Tensor,
+    group_ids: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    adv_eps: float = DEFAULT_ADV_EPS,
+    scale_adv_by_std: bool = True,
+) -> LossOutput:
+    """GRPO: token-level PPO clip, mean over each sequence's tokens, then over sequences.
+
+    Args:
+        logprobs, old_logprobs, response_mask, rewards, group_ids: as in
+            :func:`~real_lightning.losses.real.real_loss`.
+        clip_low: ε_low, the ratio is clipped below at 1 − ε_low for negative advantages.
+        clip_high: ε_high, the ratio is clipped above at 1 + ε_high for positive advantages.
+        adv_eps: added to the group std in the advantage's denominator.
+        scale_adv_by_std: divide the centred reward by the group std (False: Dr. GRPO).
+    """
+    return _pg_loss(
+        "grpo",
+        logprobs,
+        old_logprobs,
+        response_mask,
+        rewards,
+        group_ids,
+        clip_low,
+        clip_high,
+        adv_eps,
+        scale_adv_by_std,
+    )
+
+
+def dapo_loss(
+    *,
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    response_mask: Tensor,
+    rewards: Tensor,
+    group_ids: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+    adv_eps: float = DEFAULT_ADV_EPS,
+    scale_adv_by_std: bool = True,
+) -> LossOutput:
+    """DAPO: clip-higher (ε_low 0.2, ε_high 0.28) and a token-mean over the whole batch.
+
+    Dynamic sampling (dropping groups whose rewards are all equal) happens in the data pipeline;
+    such groups have zero advantage here. Arguments as in :func:`grpo_loss`.
+    """
+    return _pg_loss(
+        "dapo",
+        logprobs,
+        old_logprobs,
+        response_mask,
+        rewards,
+        group_ids,
+        clip_low,
+        clip_high,
+        adv_eps,
+        scale_adv_by_std,
+    )
+
+
+def gspo_loss(
+    *,
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    response_mask: Tensor,
+    rewards: Tensor,
+    group_ids: Tensor,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+    adv_eps: float = DEFAULT_ADV_EPS,
+    scale_adv_by_std: bool = True,
+) -> LossOutput:
+    """GSPO: sequence-level ratio exp(s_i) = exp(mean_t log-ratio), clip 3e-4/4e-4, mean over sequences.
+
+    Arguments as in :func:`grpo_loss`; ``clip_fraction`` counts sequences, not tokens.
+    """
+    return _pg_loss(
+        "gspo",
+        logprobs,
+        old_logprobs,
+        response_mask,
+        rewards,
+        group_ids,
+        clip_low,
+        clip_high,
+        adv_eps,
+        scale_adv_by_std,
+    )

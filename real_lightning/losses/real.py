@@ -1,0 +1,167 @@
+"""REAL — Rewards as Labels (arXiv 2602.05630) and its BCE and product variants.
+
+Each rollout i of a prompt gets the sequence score s_i (mean token log-ratio against the
+sampling policy, see :func:`~real_lightning.losses.common.sequence_scores`) and a label:
+positive when its reward equals the best reward of its group, negative otherwise. Groups whose
+rewards are all equal carry no label contrast and contribute exactly zero loss and gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from real_lightning.losses.common import LossOutput, base_metrics, check_positive, prepare
+from real_lightning.losses.groups import Groups, build_groups, segment_logsumexp
+
+DEFAULT_TAU = 0.5
+"""The paper's temperature τ."""
+
+
+def _label_logsumexps(x: Tensor, groups: Groups, anchor: bool) -> tuple[Tensor, Tensor]:
+    """Per group [G]: logsumexp of −x over positives and of x over negatives (with or without the 0 anchor)."""
+    pos = segment_logsumexp(-x, groups.index, groups.num_groups, groups.positive, anchor=anchor)
+    neg = segment_logsumexp(x, groups.index, groups.num_groups, groups.negative, anchor=anchor)
+    return pos, neg
+
+
+def _real_weights(scores: Tensor, groups: Groups, tau: float) -> Tensor:
+    x = scores.detach() / tau
+    pos_lse, neg_lse = _label_logsumexps(x, groups, anchor=True)
+    index = groups.index
+    pos_weight = -torch.exp(-x - pos_lse[index]) / tau  # −(1/τ) e^{−s_i/τ} / (1 + Σ_{O+} e^{−s/τ})
+    neg_weight = torch.exp(x - neg_lse[index]) / tau  # +(1/τ) e^{s_j/τ} / (1 + Σ_{O−} e^{s/τ})
+    return torch.where(groups.positive, pos_weight, torch.where(groups.negative, neg_weight, torch.zeros_like(x)))
+
+
+def real_gradient_weights(scores: Tensor, rewards: Tensor, group_ids: Tensor, tau: float = DEFAULT_TAU) -> Tensor:
+    """Closed-form REAL gradient weights ∂L_q/∂s_i of each rollout's group loss L_q.
+
+    Args:
+        scores: [B] sequence scores s_i.
+        rewards: [B] rewards (the label is "reward equals the group's best").
+        group_ids: [B] integer group ids.
+        tau: temperature τ > 0.
+
+    Returns:
+        [B] weights: −(1/τ)·e^{−s_i/τ}/(1 + Σ_{O+} e^{−s/τ}) for positives, +(1/τ)·e^{s_j/τ}/(1 + Σ_{O−} e^{s/τ})
+        for negatives, 0 in groups without contrast. Each lies in (−1/τ, 0) or (0, 1/τ) and is monotone in s.
+        The batch loss of :func:`real_loss` has ∂loss/∂s_i = weight_i / G.
+    """
+    check_positive(tau=tau)
+    return _real_weights(scores, build_groups(rewards, group_ids), tau)
+
+
+def real_loss(
+    *,
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    response_mask: Tensor,
+    rewards: Tensor,
+    group_ids: Tensor,
+    tau: float = DEFAULT_TAU,
+) -> LossOutput:
+    """REAL: per group L_q = log(1 + Σ_{O+} e^{−s_i/τ}) + log(1 + Σ_{O−} e^{s_j/τ}); loss = Σ_q L_q / G.
+
+    Args:
+        logprobs: [B, T] log π_θ of the response tokens (differentiable).
+        old_logprobs: [B, T] log π_old of the same tokens (treated as constants).
+        response_mask: [B, T] 1/True where a token counts.
+        rewards: [B] verifiable rewards.
+        group_ids: [B] integer ids, shared by the rollouts of one prompt.
+        tau: temperature τ > 0 (paper: 0.5).
+
+    G counts every group in the batch, with or without contrast. No ratio clipping: the weights
+    are bounded by 1/τ (:func:`real_gradient_weights`).
+    """
+    check_positive(tau=tau)
+    batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids)
+    scores, groups = batch.scores, batch.groups
+    pos_lse, neg_lse = _label_logsumexps(scores / tau, groups, anchor=True)
+    loss = (pos_lse + neg_lse).sum() / groups.num_groups  # groups without contrast have both terms = log 1 = 0
+    return LossOutput(loss, base_metrics(batch, _real_weights(scores, groups, tau), groups.num_groups))
+
+
+def _bce_weights(scores: Tensor, groups: Groups, tau: float) -> Tensor:
+    x = scores.detach() / tau
+    weights = (torch.sigmoid(x) - groups.positive.to(x.dtype)) / tau
+    return torch.where(groups.labels >= 0, weights, torch.zeros_like(x))
+
+
+def real_bce_gradient_weights(scores: Tensor, rewards: Tensor, group_ids: Tensor, tau: float = DEFAULT_TAU) -> Tensor:
+    """Closed-form weights ∂ℓ_i/∂s_i = (σ(s_i/τ) − y_i)/τ of each rollout's BCE term ℓ_i; 0 without contrast.
+
+    The batch loss of :func:`real_bce_loss` has ∂loss/∂s_i = weight_i / N_c (N_c rollouts in contrast groups).
+    """
+    check_positive(tau=tau)
+    return _bce_weights(scores, build_groups(rewards, group_ids), tau)
+
+
+def real_bce_loss(
+    *,
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    response_mask: Tensor,
+    rewards: Tensor,
+    group_ids: Tensor,
+    tau: float = DEFAULT_TAU,
+) -> LossOutput:
+    """REAL-BCE: binary cross-entropy with logit s_i/τ and label y_i = [reward_i is the group's best].
+
+    The mean runs over the N_c rollouts of groups with a label contrast (loss 0 when N_c = 0).
+    Arguments as in :func:`real_loss`.
+    """
+    check_positive(tau=tau)
+    batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids)
+    scores, groups = batch.scores, batch.groups
+    counted = groups.labels >= 0
+    per_rollout = F.binary_cross_entropy_with_logits(scores / tau, groups.positive.to(scores.dtype), reduction="none")
+    normalizer = counted.sum().clamp_min(1)
+    loss = torch.where(counted, per_rollout, torch.zeros_like(per_rollout)).sum() / normalizer
+    return LossOutput(loss, base_metrics(batch, _bce_weights(scores, groups, tau), normalizer))
+
+
+def _product_weights(scores: Tensor, groups: Groups, tau: float) -> Tensor:
+    x = scores.detach() / tau
+    pos_lse, neg_lse = _label_logsumexps(x, groups, anchor=False)
+    gate = torch.sigmoid(pos_lse + neg_lse)[groups.index]  # d softplus(u)/du
+    index = groups.index
+    pos_weight = -gate * torch.exp(-x - pos_lse[index]) / tau
+    neg_weight = gate * torch.exp(x - neg_lse[index]) / tau
+    return torch.where(groups.positive, pos_weight, torch.where(groups.negative, neg_weight, torch.zeros_like(x)))
+
+
+def real_product_gradient_weights(
+    scores: Tensor, rewards: Tensor, group_ids: Tensor, tau: float = DEFAULT_TAU
+) -> Tensor:
+    """Closed-form weights ∂L_q/∂s_i of the product loss: ∓(σ(u_q)/τ)·softmax within the label set.
+
+    u_q = logsumexp_{O−}(s/τ) + logsumexp_{O+}(−s/τ). ∂loss/∂s_i = weight_i / G for :func:`real_product_loss`.
+    """
+    check_positive(tau=tau)
+    return _product_weights(scores, build_groups(rewards, group_ids), tau)
+
+
+def real_product_loss(
+    *,
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    response_mask: Tensor,
+    rewards: Tensor,
+    group_ids: Tensor,
+    tau: float = DEFAULT_TAU,
+) -> LossOutput:
+    """REAL product (circle-loss) form: L_q = softplus(logsumexp_{O−}(s/τ) + logsumexp_{O+}(−s/τ)).
+
+    Summed over groups with a contrast and divided by the number of groups G. Arguments as in
+    :func:`real_loss`.
+    """
+    check_positive(tau=tau)
+    batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids)
+    scores, groups = batch.scores, batch.groups
+    pos_lse, neg_lse = _label_logsumexps(scores / tau, groups, anchor=False)
+    u = pos_lse + neg_lse
+    per_group = torch.logaddexp(u, torch.zeros_like(u))  # softplus without F.softplus's linear cut-off at 20
+    loss = torch.where(groups.contrast, per_group, torch.zeros_like(per_group)).sum() / groups.num_groups
+    return LossOutput(loss, base_metrics(batch, _product_weights(scores, groups, tau), groups.num_groups))
