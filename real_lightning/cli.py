@@ -1,0 +1,65 @@
+"""The ``real-lightning`` command: LightningCLI with ``fit``, ``validate`` and ``test``.
+
+real-lightning fit -c configs/quickstart.yaml
+real-lightning validate -c configs/quickstart.yaml --ckpt_path runs/.../last.ckpt
+real-lightning validate -c configs/quickstart.yaml --model.pretrained runs/quickstart/hf
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
+
+from real_lightning.callbacks.pass_at_k import PassAtKLogger
+from real_lightning.data.datamodule import RolloutDataModule
+from real_lightning.module import RealPolicyModule
+
+
+class RealLightningCLI(LightningCLI):
+    """LightningCLI for :class:`RealPolicyModule` and :class:`RolloutDataModule`.
+
+    Adds ``--pass_at_k.ks`` (the always-on :class:`PassAtKLogger`) and, for ``fit``,
+    ``--validate_before_fit`` (measure the starting policy first, so that the run reports
+    "Pass@1 before: …, after: …").
+    """
+
+    @override
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(PassAtKLogger, "pass_at_k")
+        parser.add_argument(
+            "--validate_before_fit",
+            type=bool,
+            default=False,
+            help="run a full validation before training starts (fit only)",
+        )
+
+    def _pass_at_k(self) -> PassAtKLogger | None:
+        return next((cb for cb in self.trainer.callbacks if isinstance(cb, PassAtKLogger)), None)
+
+    def before_fit(self) -> None:
+        if self.config[self.subcommand].get("validate_before_fit"):
+            self.trainer.validate(self.model, datamodule=self.datamodule)
+
+    def after_fit(self) -> None:
+        callback = self._pass_at_k()
+        if callback is None or self.trainer.global_rank != 0:
+            return
+        for name in self.datamodule.val_names:
+            runs = callback.first_and_last(name)
+            if runs:
+                rank_zero_info(f"[{name}] Pass@1 before: {runs[0]:.4f}, after: {runs[1]:.4f}")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point ``real-lightning`` (returns nothing: a console script would print a return value)."""
+    RealLightningCLI(
+        RealPolicyModule,
+        RolloutDataModule,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main()

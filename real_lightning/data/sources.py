@@ -1,0 +1,206 @@
+"""Dataset sources: the built-in task, local parquet/jsonl/json files, Hugging Face datasets by name.
+
+Two row schemas load:
+
+- verl / DeepScaleR: ``prompt`` = chat messages ``[{"role", "content"}, ...]``, ground truth at
+  ``reward_model.ground_truth``;
+- plain: ``problem`` (text) and ``answer``.
+
+Rows with an empty or unusable ground truth are skipped and counted (``on_bad_row="skip"``) or
+raise an error naming the row (``"error"``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from real_lightning.data.arithmetic import ArithmeticTask
+from real_lightning.data.records import PromptRecord
+from real_lightning.registry import Registry
+
+log = logging.getLogger(__name__)
+
+BUILTIN_TASKS: Registry[type[ArithmeticTask]] = Registry("built-in task", {"arithmetic": ArithmeticTask})
+FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
+SCHEMAS = {"verl": ("prompt", "reward_model.ground_truth"), "plain": ("problem", "answer")}
+
+
+@dataclass
+class DatasetSpec:
+    """Where a dataset comes from and how to read it.
+
+    Args:
+        source: ``builtin:arithmetic``; a local ``.parquet`` / ``.jsonl`` / ``.json`` file; a Hugging
+            Face dataset name (needs the network or a local cache) or a local dataset directory.
+        split: split of a built-in task (``train``/``test``) or of a hub dataset.
+        prompt_field: column holding the prompt (default: ``prompt`` for verl rows, ``problem`` for plain).
+        answer_field: column holding the ground truth, dotted for nested fields (default:
+            ``reward_model.ground_truth`` for verl rows, ``answer`` for plain).
+        limit: keep only the first ``limit`` usable rows.
+        options: keyword arguments of a built-in task (e.g. ``{digits: 2}``).
+        on_bad_row: ``skip`` (count and warn) or ``error`` for rows with an empty or unusable ground truth.
+    """
+
+    source: str
+    split: str = "train"
+    prompt_field: str | None = None
+    answer_field: str | None = None
+    limit: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    on_bad_row: Literal["skip", "error"] = "skip"
+
+
+@dataclass
+class LoadedDataset:
+    """Records of one dataset and how many rows were skipped (with the first few row indices)."""
+
+    name: str
+    records: list[PromptRecord]
+    skipped: int = 0
+    skipped_rows: list[int] = field(default_factory=list)
+
+
+def _read_file(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file {path} does not exist")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".jsonl":
+        rows = []
+        with path.open() as f:
+            for line_number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"{path}: line {line_number} is not valid JSON: {err}") from err
+        return rows
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and "data" in data:  # {"data": [...]} wrapper
+        data = data["data"]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of rows (or {{'data': [...]}}), got {type(data).__name__}")
+    return data
+
+
+def _read_hub(name: str, split: str) -> list[dict[str, Any]]:
+    import datasets
+
+    return list(datasets.load_dataset(name, split=split))
+
+
+def _get(row: dict[str, Any], dotted: str) -> Any:
+    value: Any = row
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+_MISSING = object()
+
+
+def _detect_schema(first: dict[str, Any], spec: DatasetSpec, name: str) -> tuple[str, str]:
+    if spec.prompt_field and spec.answer_field:
+        fields = (spec.prompt_field, spec.answer_field)
+    else:
+        kind = "verl" if "prompt" in first and "reward_model" in first else "plain"
+        default_prompt, default_answer = SCHEMAS[kind]
+        fields = (spec.prompt_field or default_prompt, spec.answer_field or default_answer)
+    for column in fields:
+        if _get(first, column) is _MISSING:
+            raise ValueError(
+                f"{name}: column {column!r} not found (columns: {', '.join(sorted(first))}); expected the verl "
+                "schema (prompt + reward_model.ground_truth) or the plain one (problem + answer), or set "
+                "prompt_field / answer_field"
+            )
+    return fields
+
+
+def _ground_truth(value: Any) -> str | None:
+    """The ground truth as text, or None when it is empty or unusable."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return value.strip() or None
+    return None
+
+
+def _prompt(value: Any) -> str | tuple[dict[str, str], ...] | None:
+    if isinstance(value, str):
+        return value if value.strip() else None
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str) for m in value
+        )
+    ):
+        return tuple({"role": m["role"], "content": m["content"]} for m in value)
+    return None
+
+
+def records_from_rows(rows: Iterable[dict[str, Any]], spec: DatasetSpec, name: str) -> LoadedDataset:
+    """Validate rows and turn them into records (see :class:`DatasetSpec` for schemas and bad rows)."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError(f"{name}: the dataset has no rows")
+    prompt_field, answer_field = _detect_schema(rows[0], spec, name)
+    loaded = LoadedDataset(name=name, records=[])
+    for index, row in enumerate(rows):
+        prompt, truth = _prompt(_get(row, prompt_field)), _ground_truth(_get(row, answer_field))
+        if prompt is None or truth is None:
+            bad_field = prompt_field if prompt is None else answer_field
+            if spec.on_bad_row == "error":
+                raise ValueError(
+                    f"{name}: row {index} has an empty or unusable {bad_field!r}: {row.get(bad_field.split('.')[0])!r}"
+                )
+            loaded.skipped += 1
+            if len(loaded.skipped_rows) < 10:
+                loaded.skipped_rows.append(index)
+            continue
+        source = row.get("data_source") if isinstance(row.get("data_source"), str) else name
+        loaded.records.append(PromptRecord(prompt=prompt, ground_truth=truth, data_source=source, index=index))
+        if spec.limit is not None and len(loaded.records) >= spec.limit:
+            break
+    if loaded.skipped:
+        log.warning(
+            "%s: skipped %d rows with an empty or unusable prompt/ground truth (first: %s)",
+            name,
+            loaded.skipped,
+            loaded.skipped_rows,
+        )
+    if not loaded.records:
+        raise ValueError(f"{name}: no usable rows ({loaded.skipped} skipped)")
+    return loaded
+
+
+def load_dataset_spec(spec: DatasetSpec, name: str | None = None) -> LoadedDataset:
+    """Load the records a :class:`DatasetSpec` names."""
+    name = name or spec.source
+    if spec.source.startswith("builtin:"):
+        task = BUILTIN_TASKS[spec.source.removeprefix("builtin:")](**spec.options)
+        if spec.split not in ("train", "test"):
+            raise ValueError(f"{name}: built-in tasks have splits 'train' and 'test', got {spec.split!r}")
+        records = task.records(spec.split)
+        return LoadedDataset(name=name, records=records[: spec.limit] if spec.limit else records)
+    path = Path(spec.source).expanduser()
+    if path.suffix in FILE_SUFFIXES:
+        return records_from_rows(_read_file(path), spec, str(path))
+    if path.is_file():
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
+    # a hub name, or a local dataset directory (data files or a saved hub snapshot): the same loader
+    return records_from_rows(_read_hub(str(path) if path.is_dir() else spec.source, spec.split), spec, name)

@@ -1,0 +1,135 @@
+"""Build the shipped tiny policy: a fresh tiny Qwen2 trained by supervised fine-tuning until partial accuracy.
+
+    python -m real_lightning.policy.warmstart --out real_lightning/assets/tiny-arithmetic-policy
+
+Supervised steps on ``a+b=`` → ``\\boxed{a+b}<eos>`` stop as soon as Pass@1 on a dev slice of the
+*training* split (temperature 1.0) reaches ``--target``: reinforcement learning then starts from
+a policy that is right about a third of the time, which is where REAL has signal to work with.
+Pass@1 jumps by ~0.1 per 10 steps near that point, hence the frequent checks.
+The held-out split is measured once at the end and written to ``warmstart.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Qwen2ForCausalLM
+
+from real_lightning.data.arithmetic import ArithmeticTask
+from real_lightning.data.records import PromptRecord
+from real_lightning.policy.loading import TINY_POLICY_DIR
+from real_lightning.policy.tiny import build_char_tokenizer, tiny_qwen2_config
+from real_lightning.rollout.hf import HFEngine
+from real_lightning.verifiers import score_batch
+
+
+def sft_batch(
+    records: list[PromptRecord], tokenizer: PreTrainedTokenizerBase
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask and labels (-100 on prompt and padding) for prompt + target + EOS."""
+    rows, labels = [], []
+    for record in records:
+        prompt = tokenizer(record.prompt).input_ids
+        target = [*tokenizer(ArithmeticTask.target(record.ground_truth)).input_ids, tokenizer.eos_token_id]
+        rows.append(prompt + target)
+        labels.append([-100] * len(prompt) + target)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    lab = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
+        ids[i, : len(row)], lab[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), torch.tensor(label), 1
+    return ids, mask, lab
+
+
+def pass_at_1(
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: list[PromptRecord],
+    samples: int,
+    max_new_tokens: int,
+    seed: int,
+) -> float:
+    """Mean correctness over ``samples`` responses per prompt at temperature 1.0."""
+    engine = HFEngine(max_new_tokens=max_new_tokens, temperature=1.0)
+    generation = engine.generate(policy, tokenizer, [tokenizer(r.prompt).input_ids for r in records], samples, seed)
+    truths = [r.ground_truth for r in records for _ in range(samples)]
+    rewards = score_batch(generation.texts, truths, num_workers=1).rewards
+    rewards = [0.0 if cut else r for r, cut in zip(rewards, generation.truncated.tolist(), strict=True)]
+    return sum(rewards) / len(rewards)
+
+
+def warm_start(
+    out: Path,
+    target: float = 0.3,
+    seed: int = 0,
+    lr: float = 3e-3,
+    batch_size: int = 128,
+    eval_every: int = 5,
+    max_steps: int = 3000,
+    max_new_tokens: int = 12,
+) -> dict[str, float]:
+    """Train, stop at the target dev Pass@1, save model + tokenizer + ``warmstart.json`` to ``out``."""
+    torch.manual_seed(seed)
+    task = ArithmeticTask()
+    train = task.records("train")
+    generator = torch.Generator().manual_seed(seed)
+    dev = [train[i] for i in torch.randperm(len(train), generator=generator)[:128].tolist()]
+    tokenizer = build_char_tokenizer()
+    policy = Qwen2ForCausalLM(tiny_qwen2_config(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id))
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr)
+    start, step, dev_score = time.perf_counter(), 0, 0.0
+    while step < max_steps:
+        index = torch.randint(len(train), (batch_size,), generator=generator).tolist()
+        ids, mask, labels = sft_batch([train[i] for i in index], tokenizer)
+        policy.train()
+        loss = policy(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if step % eval_every == 0:
+            dev_score = pass_at_1(policy, tokenizer, dev, 4, max_new_tokens, seed=step)
+            print(
+                f"step {step:4d}  loss {loss.item():.4f}  dev Pass@1 {dev_score:.3f}  "
+                f"{time.perf_counter() - start:.1f}s",
+                flush=True,
+            )
+            if dev_score >= target:
+                break
+    held_out = pass_at_1(policy, tokenizer, task.records("test"), 8, max_new_tokens, seed=seed)
+    summary = {
+        "sft_steps": step,
+        "sft_seconds": round(time.perf_counter() - start, 1),
+        "dev_pass_at_1": dev_score,
+        "held_out_pass_at_1": held_out,
+        "target": target,
+        "seed": seed,
+        "lr": lr,
+        "batch_size": batch_size,
+        "parameters": sum(p.numel() for p in policy.parameters()),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    policy.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "warmstart.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=TINY_POLICY_DIR)
+    parser.add_argument("--target", type=float, default=0.3, help="dev Pass@1 at which supervised training stops")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    print(json.dumps(warm_start(args.out, args.target, args.seed, args.lr), indent=2))
+
+
+if __name__ == "__main__":
+    main()

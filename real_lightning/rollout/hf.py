@@ -1,0 +1,205 @@
+"""Rollouts with Hugging Face ``model.generate``, in the training process."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import Tensor, nn
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from real_lightning.rollout.engine import Generation
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """[P, Lp] left-padded ids and attention mask of token-id lists."""
+    length = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        if prompt:
+            ids[row, length - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, length - len(prompt) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def response_extent(responses: Tensor, eos_ids: list[int], stop_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Counted lengths [B] and "finished" flags [B] of generated responses [B, T].
+
+    A response counts through its first EOS (inclusive); ``stop_lengths`` [B] (-1 where no stop string
+    matched) cuts earlier responses at the end of a stop string. Unfinished responses count all T tokens.
+    """
+    width = responses.shape[1]
+    is_eos = torch.isin(responses, torch.tensor(eos_ids, device=responses.device))
+    has_eos = is_eos.any(-1)
+    eos_length = torch.where(has_eos, is_eos.int().argmax(-1) + 1, torch.full_like(has_eos, width, dtype=torch.long))
+    lengths = eos_length
+    finished = has_eos
+    if stop_lengths is not None:
+        stopped = (stop_lengths >= 0) & (stop_lengths < lengths)
+        lengths = torch.where(stopped, stop_lengths, lengths)
+        finished = finished | stopped
+    return lengths, finished
+
+
+class HFEngine:
+    """Sample n responses per prompt with ``model.generate`` (left padding, plain softmax sampling).
+
+    Args:
+        max_new_tokens: response length limit (tokens).
+        temperature: sampling temperature; 0 means greedy.
+        top_p: nucleus sampling threshold (1.0: off).
+        top_k: top-k sampling (0: off). Anything but ``top_p=1, top_k=0`` samples from a distribution
+            other than the one the loss's log-probs assume; the library allows it, as verl does.
+        stop: strings that end a response (kept in the response, like vLLM's ``include_stop_str_in_output``).
+        max_batch_size: at most this many sequences per ``generate`` call (None: all at once).
+    """
+
+    def __init__(
+        self,
+        max_new_tokens: int = 512,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        stop: list[str] | None = None,
+        max_batch_size: int | None = None,
+    ) -> None:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.top_k = top_k
+        self.stop = list(stop or [])
+        self.max_batch_size = max_batch_size
+
+    def sync_weights(self, policy: nn.Module) -> None:
+        """Generation reads the policy's live weights: nothing to do."""
+
+    def _config(self, tokenizer: PreTrainedTokenizerBase, n: int) -> GenerationConfig:
+        sampling = self.temperature > 0
+        # every field that changes the sampled distribution is set explicitly, so that a model's own
+        # generation_config (e.g. top_k=20, repetition_penalty) cannot leak in
+        return GenerationConfig(
+            do_sample=sampling,
+            temperature=self.temperature if sampling else None,
+            top_p=self.top_p if sampling else None,
+            top_k=self.top_k if sampling else None,
+            min_p=None,
+            typical_p=1.0,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            max_new_tokens=self.max_new_tokens,
+            num_return_sequences=n,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            stop_strings=self.stop or None,
+            use_cache=True,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        policy: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: list[list[int]],
+        n: int,
+        seed: int | None = None,
+    ) -> Generation:
+        """Sample ``n`` responses per prompt. Rows are grouped by prompt: row ``p·n + j``."""
+        if not prompts:
+            raise ValueError("generate needs at least one prompt")
+        device = next(policy.parameters()).device
+        per_call = len(prompts) if self.max_batch_size is None else max(1, self.max_batch_size // n)
+        rng = torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]) if seed is not None else None
+        with rng if rng is not None else nullcontext():
+            if seed is not None:
+                torch.manual_seed(seed)
+            chunks = [
+                self._generate_chunk(policy, tokenizer, prompts[i : i + per_call], n, device)
+                for i in range(0, len(prompts), per_call)
+            ]
+        return _concat(chunks, tokenizer.pad_token_id)
+
+    def _generate_chunk(
+        self,
+        policy: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: list[list[int]],
+        n: int,
+        device: torch.device,
+    ) -> Generation:
+        ids, mask = left_pad(prompts, tokenizer.pad_token_id, device)
+        was_training = policy.training
+        policy.eval()
+        try:
+            out = policy.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=self._config(tokenizer, n),
+                tokenizer=tokenizer if self.stop else None,
+            )
+        finally:
+            policy.train(was_training)
+        prompt_length = ids.shape[1]
+        responses = out[:, prompt_length:]
+        if responses.shape[1] == 0:  # cannot happen with max_new_tokens >= 1, kept for clarity
+            raise RuntimeError("generate returned no new tokens")
+        eos_ids = [tokenizer.eos_token_id]
+        stop_lengths = self._stop_lengths(responses, tokenizer, eos_ids) if self.stop else None
+        lengths, finished = response_extent(responses, eos_ids, stop_lengths)
+        positions = torch.arange(responses.shape[1], device=device)
+        response_mask = positions[None, :] < lengths[:, None]
+        truncated = ~finished & (lengths >= self.max_new_tokens)
+        texts = [
+            tokenizer.decode(row[:length].tolist(), skip_special_tokens=True)
+            for row, length in zip(responses, lengths.tolist(), strict=True)
+        ]
+        attention = torch.cat([mask.repeat_interleave(n, 0), response_mask.long()], dim=1)
+        return Generation(out, attention, response_mask, prompt_length, truncated, texts)
+
+    def _stop_lengths(self, responses: Tensor, tokenizer: PreTrainedTokenizerBase, eos_ids: list[int]) -> Tensor:
+        """[B] number of tokens through the end of the first stop string, -1 where none occurs."""
+        out = []
+        for row in responses.tolist():
+            if eos_ids[0] in row:
+                row = row[: row.index(eos_ids[0])]
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            if not any(s in text for s in self.stop):
+                out.append(-1)
+                continue
+            lo, hi = 1, len(row)  # smallest prefix whose text contains a stop string
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if any(s in tokenizer.decode(row[:mid], skip_special_tokens=True) for s in self.stop):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            out.append(lo)
+        return torch.tensor(out, dtype=torch.long, device=responses.device)
+
+
+def _concat(chunks: list[Generation], pad_id: int) -> Generation:
+    """Stack generations whose prompt and response widths may differ (re-pad prompts left, responses right)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    prompt_len = max(c.prompt_length for c in chunks)
+    resp_len = max(c.response_mask.shape[1] for c in chunks)
+    ids, attn, resp = [], [], []
+    for c in chunks:
+        left, right = prompt_len - c.prompt_length, resp_len - c.response_mask.shape[1]
+        ids.append(nn.functional.pad(c.input_ids, (left, right), value=pad_id))
+        attn.append(nn.functional.pad(c.attention_mask, (left, right), value=0))
+        resp.append(nn.functional.pad(c.response_mask, (0, right), value=False))
+    return Generation(
+        torch.cat(ids),
+        torch.cat(attn),
+        torch.cat(resp),
+        prompt_len,
+        torch.cat([c.truncated for c in chunks]),
+        [t for c in chunks for t in c.texts],
+    )

@@ -1,0 +1,63 @@
+"""Scoring a batch of responses: the reward function, its time budget, and the truncation rule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from real_lightning.verifiers import resolve_reward_fn, score_batch
+
+
+@dataclass
+class Scores:
+    """Rewards [B] float32 and counts of verifier outcomes (``correct``, ``timeout``, ``truncated``, ...)."""
+
+    rewards: Tensor
+    counts: dict[str, int]
+
+
+class Scorer:
+    """Score responses against ground truths.
+
+    Args:
+        reward: a registered reward name (``math``) or ``package.module:function``.
+        timeout_s: per-sample time budget; a timeout scores 0 and is counted.
+        num_workers: processes for the verifier (default: all cores).
+        answer_after_think: grade only the text after ``</think>``.
+        truncated_is_wrong: a response cut at the length limit without EOS scores 0 (otherwise a
+            policy learns to stop emitting EOS when the reward ignores what follows the answer).
+    """
+
+    def __init__(
+        self,
+        reward: str | Callable[[str, str], float] = "math",
+        timeout_s: float = 5.0,
+        num_workers: int | None = None,
+        answer_after_think: bool = False,
+        truncated_is_wrong: bool = False,
+    ) -> None:
+        self.reward_fn = resolve_reward_fn(reward)
+        self.timeout_s = timeout_s
+        self.num_workers = num_workers
+        self.answer_after_think = answer_after_think
+        self.truncated_is_wrong = truncated_is_wrong
+
+    def score(self, responses: list[str], ground_truths: list[str], truncated: Tensor) -> Scores:
+        result = score_batch(
+            responses,
+            ground_truths,
+            reward_fn=self.reward_fn,
+            num_workers=self.num_workers,
+            timeout_s=self.timeout_s,
+            answer_after_think=self.answer_after_think,
+        )
+        rewards = torch.tensor(result.rewards, dtype=torch.float32)
+        counts = dict(result.counts)
+        if self.truncated_is_wrong:
+            cut = truncated.cpu()
+            counts["truncated_zeroed"] = int((cut & (rewards != 0)).sum())
+            rewards = torch.where(cut, torch.zeros_like(rewards), rewards)
+        return Scores(rewards, counts)

@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny random Qwen2 policy with the character tokenizer, and paths to shared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import Qwen2ForCausalLM
+
+from real_lightning.policy.tiny import build_char_tokenizer, tiny_qwen2_config
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer():
+    return build_char_tokenizer()
+
+
+@pytest.fixture
+def tiny_policy(char_tokenizer):
+    """A randomly initialised tiny Qwen2 (hidden 32, 2 layers) — fast, not trained."""
+    torch.manual_seed(0)
+    config = tiny_qwen2_config(
+        len(char_tokenizer),
+        char_tokenizer.eos_token_id,
+        char_tokenizer.pad_token_id,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=64,
+    )
+    return Qwen2ForCausalLM(config).eval()
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} not found (the repository's ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def policy_dir(tmp_path_factory, char_tokenizer):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("policy")
+    config = tiny_qwen2_config(
+        len(char_tokenizer),
+        char_tokenizer.eos_token_id,
+        char_tokenizer.pad_token_id,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=64,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    char_tokenizer.save_pretrained(path)
+    return str(path)

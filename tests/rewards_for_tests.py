@@ -1,0 +1,6 @@
+"""Reward functions importable by ``module:function`` (and by verifier worker processes) in tests."""
+
+
+def contains_seven(response: str, ground_truth: str) -> float:
+    """1 when the response contains the character 7: gives a random policy's groups a label contrast."""
+    return float("7" in response)

@@ -1,0 +1,140 @@
+"""The module, the rollout stream and the data module together, on a tiny random policy."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from real_lightning.data.datamodule import RolloutDataModule
+from real_lightning.data.sources import DatasetSpec
+from real_lightning.module import RealPolicyModule, lr_factor
+from real_lightning.registry import UnknownNameError
+from real_lightning.rollout.hf import HFEngine
+
+REWARD = "tests.rewards_for_tests:contains_seven"
+
+
+def make_datamodule(**overrides) -> RolloutDataModule:
+    kwargs = {
+        "train": DatasetSpec(source="builtin:arithmetic"),
+        "val": {"held_out": DatasetSpec(source="builtin:arithmetic", split="test", limit=8)},
+        "engine": HFEngine(max_new_tokens=6),
+        "prompts_per_rollout": 4,
+        "rollouts_per_prompt": 4,
+        "val_samples": 4,
+        "val_prompts_per_batch": 4,
+        "reward": REWARD,
+        "verifier_workers": 1,
+        "truncated_is_wrong": False,
+    }
+    kwargs.update(overrides)
+    return RolloutDataModule(**kwargs)
+
+
+def attached(module: RealPolicyModule, datamodule: RolloutDataModule) -> RolloutDataModule:
+    datamodule.attach_tokenizer(module.tokenizer)
+    datamodule.setup("fit")
+    return datamodule
+
+
+def test_scores_are_zero_on_the_first_minibatch(policy_dir) -> None:
+    """π_old from the no-grad pass equals π_θ before any update: |s_i| < 1e-5."""
+    module = RealPolicyModule(pretrained=policy_dir, lr=1e-3)
+    dm = attached(module, make_datamodule(recompute_old_logprobs=True, prompts_per_minibatch=2))
+    ticket = next(iter(dm.train_dataloader()))
+    batch = ticket.resolve(module)
+    assert batch.old_logprobs is not None and len(batch) == 8
+    logprobs, _ = module.response_logprobs(batch)
+    out = module.loss_fn(
+        logprobs=logprobs,
+        old_logprobs=batch.old_logprobs,
+        response_mask=batch.response_mask,
+        rewards=batch.rewards,
+        group_ids=batch.group_ids,
+    )
+    assert out.metrics["scores"].abs().max() < 1e-5
+
+
+def test_on_policy_single_update_skips_the_old_logprob_pass(policy_dir) -> None:
+    module = RealPolicyModule(pretrained=policy_dir)
+    dm = attached(module, make_datamodule())
+    batch = next(iter(dm.train_dataloader())).resolve(module)
+    assert batch.old_logprobs is None and batch.stats["time/old_logprobs_s"] < 0.01
+
+
+def test_groups_are_never_split_across_minibatches_or_epochs(policy_dir) -> None:
+    module = RealPolicyModule(pretrained=policy_dir)
+    dm = attached(module, make_datamodule(prompts_per_rollout=6, prompts_per_minibatch=4, ppo_epochs=2))
+    stream = dm.train_stream
+    assert stream.minibatches_per_rollout == 4
+    tickets = iter(dm.train_dataloader())
+    first_rollout = [next(tickets).resolve(module) for _ in range(4)]
+    assert [b.num_groups for b in first_rollout] == [4, 2, 4, 2]
+    for b in first_rollout:
+        assert torch.all(torch.bincount(b.group_ids)[torch.unique(b.group_ids)] == 4)
+    epoch_groups = [
+        sorted(torch.unique(torch.cat([b.group_ids for b in first_rollout[i : i + 2]])).tolist()) for i in (0, 2)
+    ]
+    assert epoch_groups == [list(range(6))] * 2
+    assert first_rollout[0].stats and not first_rollout[1].stats  # rollout statistics logged once
+    assert next(tickets).rollout_index == 1
+
+
+def test_dynamic_sampling_keeps_only_groups_with_contrast(policy_dir) -> None:
+    module = RealPolicyModule(pretrained=policy_dir)
+    dm = attached(module, make_datamodule(dynamic_sampling=True, max_sampling_rounds=4, prompts_per_rollout=3))
+    batch = next(iter(dm.train_dataloader())).resolve(module)
+    for g in torch.unique(batch.group_ids):
+        rewards = batch.rewards[batch.group_ids == g]
+        assert rewards.min() < rewards.max()
+    assert batch.num_groups <= 3 and batch.stats["rollout/sampling_rounds"] >= 1
+
+
+def test_non_finite_loss_skips_the_update_and_training_continues(policy_dir, tmp_path) -> None:
+    module = RealPolicyModule(pretrained=policy_dir, lr=1e-2)
+    real_loss = module.loss_fn
+    calls = {"n": 0}
+
+    def sometimes_nan(**kwargs):
+        calls["n"] += 1
+        out = real_loss(**kwargs)
+        if calls["n"] == 2:
+            out.loss = out.loss * float("nan")
+        return out
+
+    module.loss_fn = sometimes_nan
+    before = {k: v.clone() for k, v in module.policy.state_dict().items()}
+    trainer = pl.Trainer(
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, make_datamodule())
+    # Lightning counts the skipped step (no gradient, no parameter change) as an optimizer step
+    assert calls["n"] == 3 and module.skipped_steps == 1 and trainer.global_step == 3
+    after = module.policy.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_unknown_names_list_the_valid_ones(policy_dir) -> None:
+    with pytest.raises(UnknownNameError, match="unknown loss 'ppo'; valid names: dapo, grpo, gspo, real"):
+        RealPolicyModule(pretrained=policy_dir, loss="ppo")
+    with pytest.raises(ValueError, match="loss 'real' has no hyper-parameter 'clip_low'; valid: tau"):
+        RealPolicyModule(pretrained=policy_dir, loss="real", loss_kwargs={"clip_low": 0.2})
+    with pytest.raises(KeyError, match="unknown reward function 'maths'; valid names: math"):
+        make_datamodule(reward="maths")
+    with pytest.raises(ValueError, match="prompts_per_minibatch must be in"):
+        make_datamodule(prompts_per_minibatch=9)
+
+
+def test_lr_schedule_warmup_then_constant_or_cosine() -> None:
+    assert [lr_factor(s, 4, "constant", 100, 0.0) for s in (0, 1, 3, 4, 99)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+    assert lr_factor(4, 4, "cosine", 104, 0.1) == pytest.approx(1.0)
+    assert lr_factor(54, 4, "cosine", 104, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(104, 4, "cosine", 104, 0.1) == pytest.approx(0.1)
