@@ -18,21 +18,25 @@ def char_tokenizer():
     return build_char_tokenizer()
 
 
-@pytest.fixture
-def tiny_policy(char_tokenizer):
-    """A randomly initialised tiny Qwen2 (hidden 32, 2 layers) — fast, not trained."""
+def random_tiny_policy(tokenizer) -> Qwen2ForCausalLM:
+    """A randomly initialised tiny Qwen2 (hidden 32, 2 layers), seeded: fast, not trained."""
     torch.manual_seed(0)
     config = tiny_qwen2_config(
-        len(char_tokenizer),
-        char_tokenizer.eos_token_id,
-        char_tokenizer.pad_token_id,
+        len(tokenizer),
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
         hidden_size=32,
         num_layers=2,
         num_heads=4,
         num_kv_heads=2,
         intermediate_size=64,
     )
-    return Qwen2ForCausalLM(config).eval()
+    return Qwen2ForCausalLM(config)
+
+
+@pytest.fixture
+def tiny_policy(char_tokenizer):
+    return random_tiny_policy(char_tokenizer).eval()
 
 
 def shared_file(name: str) -> Path:
@@ -44,18 +48,8 @@ def shared_file(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def policy_dir(tmp_path_factory, char_tokenizer):
-    torch.manual_seed(0)
+    """The random tiny policy saved with its tokenizer, loadable by ``from_pretrained``."""
     path = tmp_path_factory.mktemp("policy")
-    config = tiny_qwen2_config(
-        len(char_tokenizer),
-        char_tokenizer.eos_token_id,
-        char_tokenizer.pad_token_id,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=64,
-    )
-    Qwen2ForCausalLM(config).save_pretrained(path)
+    random_tiny_policy(char_tokenizer).save_pretrained(path)
     char_tokenizer.save_pretrained(path)
     return str(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from real_lightning.cli import RealLightningCLI, main
@@ -114,5 +115,13 @@ def test_fit_logs_to_tensorboard_then_validate_checkpoint_and_export(policy_dir,
 
     hf_dir = tmp_path / "hf"
     assert (hf_dir / "tokenizer.json").is_file() and (hf_dir / "config.json").is_file()
+    from safetensors.torch import load_file
+
+    from real_lightning.export import export_checkpoint
+
+    on_demand = export_checkpoint(checkpoint, tmp_path / "hf-on-demand")
+    at_fit_end, exported_now = load_file(hf_dir / "model.safetensors"), load_file(on_demand / "model.safetensors")
+    assert at_fit_end.keys() == exported_now.keys()
+    assert all(torch.equal(at_fit_end[k], exported_now[k]) for k in at_fit_end)
     exported = _run(["validate", *_tiny_job(str(hf_dir), tmp_path / "v2")])
     assert exported.trainer.callback_metrics["val/held_out/pass@1"].item() == pytest.approx(last_in_fit, abs=1e-12)

@@ -138,3 +138,52 @@ def test_lr_schedule_warmup_then_constant_or_cosine() -> None:
     assert lr_factor(4, 4, "cosine", 104, 0.1) == pytest.approx(1.0)
     assert lr_factor(54, 4, "cosine", 104, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
     assert lr_factor(104, 4, "cosine", 104, 0.1) == pytest.approx(0.1)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(policy_dir) -> None:
+    plain = RealPolicyModule(pretrained=policy_dir)
+    checkpointed = RealPolicyModule(pretrained=policy_dir, gradient_checkpointing=True)
+    assert checkpointed.policy.is_gradient_checkpointing
+    dm = attached(plain, make_datamodule(recompute_old_logprobs=True))
+    batch = next(iter(dm.train_dataloader())).resolve(plain)
+    grads = []
+    for module in (plain, checkpointed):
+        logprobs, _ = module.response_logprobs(batch)
+        out = module.loss_fn(
+            logprobs=logprobs,
+            old_logprobs=batch.old_logprobs,
+            response_mask=batch.response_mask,
+            rewards=batch.rewards,
+            group_ids=batch.group_ids,
+        )
+        out.loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in module.policy.parameters()]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+
+
+def test_csv_logger_records_the_same_metrics(policy_dir, tmp_path) -> None:
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from real_lightning.callbacks import PassAtKLogger
+
+    module = RealPolicyModule(pretrained=policy_dir, lr=1e-3)
+    trainer = pl.Trainer(
+        max_steps=2,
+        logger=CSVLogger(tmp_path),
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        callbacks=[PassAtKLogger()],
+    )
+    trainer.fit(module, make_datamodule())
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    columns = set(rows[0])
+    assert {"train/loss", "rollout/reward_mean", "val/held_out/pass@1", "time/update_s"} <= columns
+    assert any(row["val/held_out/pass@1"] for row in rows)

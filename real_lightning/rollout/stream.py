@@ -20,6 +20,7 @@ from torch.utils.data import IterableDataset
 from transformers import PreTrainedTokenizerBase
 
 from real_lightning.data.prompts import TokenizedPrompt
+from real_lightning.losses.groups import build_groups
 from real_lightning.rollout.batch import RolloutBatch, ValidationRollouts, concat_batches
 from real_lightning.rollout.engine import RolloutEngine
 from real_lightning.rollout.scoring import Scorer
@@ -208,16 +209,13 @@ class RolloutStream(IterableDataset):
 
 
 def _count_groups(batch: RolloutBatch) -> int:
-    return int(torch.unique(batch.group_ids).numel()) if len(batch) else 0
+    return batch.num_groups if len(batch) else 0
 
 
 def _contrast_mask(batch: RolloutBatch) -> Tensor:
     """[B] bool, the rollout's group has at least two distinct rewards."""
-    _, index = torch.unique(batch.group_ids, return_inverse=True)
-    size = int(index.max()) + 1
-    high = torch.full((size,), -math.inf).scatter_reduce(0, index, batch.rewards.float().cpu(), "amax")
-    low = torch.full((size,), math.inf).scatter_reduce(0, index, batch.rewards.float().cpu(), "amin")
-    return (high > low)[index].to(batch.group_ids.device)
+    groups = build_groups(batch.rewards, batch.group_ids)
+    return groups.contrast[groups.index]
 
 
 def _groups_with_contrast(batch: RolloutBatch) -> RolloutBatch:
