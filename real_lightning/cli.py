@@ -7,6 +7,8 @@ real-lightning validate -c configs/quickstart.yaml --model.pretrained runs/quick
 
 from __future__ import annotations
 
+import sys
+
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
@@ -52,7 +54,16 @@ class RealLightningCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point ``real-lightning`` (returns nothing: a console script would print a return value)."""
+    """Console entry point ``real-lightning`` (returns nothing: a console script would print a return value).
+
+    ``plot`` goes to :mod:`real_lightning.viz`; every other subcommand to :class:`RealLightningCLI`.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["plot"]:
+        from real_lightning.viz import main as plot_main
+
+        plot_main(argv[1:])
+        return
     RealLightningCLI(
         RealPolicyModule,
         RolloutDataModule,

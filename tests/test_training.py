@@ -183,7 +183,8 @@ def test_csv_logger_records_the_same_metrics(policy_dir, tmp_path) -> None:
         callbacks=[PassAtKLogger()],
     )
     trainer.fit(module, make_datamodule())
-    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    with open(next(tmp_path.rglob("metrics.csv"))) as f:
+        rows = list(csv.DictReader(f))
     columns = set(rows[0])
     assert {"train/loss", "rollout/reward_mean", "val/held_out/pass@1", "time/update_s"} <= columns
     assert any(row["val/held_out/pass@1"] for row in rows)

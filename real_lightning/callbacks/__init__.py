@@ -1,5 +1,7 @@
-"""Callbacks: Pass@k on validation sets."""
+"""Callbacks: Pass@k on validation sets, gradient-weight allocation, rollout samples."""
 
+from real_lightning.callbacks.gradient_weights import GradientWeightMonitor
 from real_lightning.callbacks.pass_at_k import PassAtKLogger
+from real_lightning.callbacks.rollout_samples import RolloutSampleLogger
 
-__all__ = ["PassAtKLogger"]
+__all__ = ["GradientWeightMonitor", "PassAtKLogger", "RolloutSampleLogger"]

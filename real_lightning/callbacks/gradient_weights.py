@@ -1,0 +1,115 @@
+"""GradientWeightMonitor: where the gradient goes, for whatever loss is training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from typing_extensions import override
+
+from real_lightning.allocation import allocation_stats
+from real_lightning.losses.groups import NEGATIVE, POSITIVE
+
+
+class GradientWeightMonitor(Callback):
+    """Logs the per-rollout gradient weights ∂L/∂s of the last update every ``every_n_steps`` steps.
+
+    Reads ``pl_module.last_loss_output`` (its ``grad_weights``, ``scores`` and ``labels`` metrics)
+    and ``pl_module.last_batch`` (group ids, lengths), and logs:
+
+    - TensorBoard histograms ``weights/positive`` and ``weights/negative`` of the signed weights;
+    - scalars ``weights/{pos,neg}_abs_max``, ``_abs_mean``, ``weights/domination_max`` / ``_mean``,
+      ``weights/pos_zero_fraction`` and ``weights/rank_corr_{pos,neg}``
+      (see :func:`~real_lightning.allocation.allocation_stats`);
+    - optionally every rollout (step, group, label, score, weight, length) to
+      ``<log_dir>/<records_dir>/step_XXXXXXX.parquet`` (one file per logged step: a resumed run
+      rewrites the same names, never duplicates them; read the folder with ``pandas.read_parquet``).
+
+    Weights are ``grad_weights`` as the loss reports them: Z·∂loss/∂s_i, per group for REAL (bounded
+    by 1/τ), per sequence for GRPO/DAPO/GSPO.
+
+    Args:
+        every_n_steps: log every this many optimizer steps.
+        histograms: write the two histograms (TensorBoard loggers only).
+        records_dir: folder name under the logger's log dir for per-rollout records; None: off.
+
+    Example:
+        >>> GradientWeightMonitor(every_n_steps=5, records_dir="gradient_weights")
+        GradientWeightMonitor(every_n_steps=5, records_dir='gradient_weights')
+    """
+
+    def __init__(self, every_n_steps: int = 10, histograms: bool = True, records_dir: str | None = None) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.histograms = histograms
+        self.records_dir = records_dir
+        self.logged_steps: list[int] = []
+
+    def __repr__(self) -> str:
+        return f"GradientWeightMonitor(every_n_steps={self.every_n_steps}, records_dir={self.records_dir!r})"
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_steps=self.every_n_steps)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step  # optimizer steps taken, this update included
+        out, rollouts = getattr(pl_module, "last_loss_output", None), getattr(pl_module, "last_batch", None)
+        if out is None or rollouts is None or step % self.every_n_steps or step in self.logged_steps:
+            return
+        weights, scores, labels = out.metrics["grad_weights"], out.metrics["scores"], out.metrics["labels"]
+        stats = allocation_stats(weights, scores, labels, rollouts.group_ids)
+        metrics = {f"weights/{k}": float(v) for k, v in stats.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+            if self.histograms and isinstance(logger, TensorBoardLogger):
+                for name, label in (("positive", POSITIVE), ("negative", NEGATIVE)):
+                    values = weights[labels == label].detach().float().cpu()
+                    if values.numel():
+                        logger.experiment.add_histogram(f"weights/{name}", values, global_step=step)
+        if self.records_dir and trainer.is_global_zero:
+            self._write_records(trainer, step, weights, scores, labels, rollouts)
+        self.logged_steps.append(step)
+
+    def _write_records(
+        self,
+        trainer: Trainer,
+        step: int,
+        weights: torch.Tensor,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+        rollouts: Any,
+    ) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / self.records_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        size = weights.numel()
+        table = pa.table(
+            {
+                "step": [step] * size,
+                "group": rollouts.group_ids.cpu().tolist(),
+                "label": labels.cpu().tolist(),
+                "score": scores.double().cpu().tolist(),
+                "weight": weights.double().cpu().tolist(),
+                "length": rollouts.response_lengths.cpu().tolist(),
+                "reward": rollouts.rewards.double().cpu().tolist(),
+            }
+        )
+        pq.write_table(table, folder / f"step_{step:07d}.parquet")
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"logged_steps": list(self.logged_steps)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.logged_steps = list(state_dict.get("logged_steps", []))

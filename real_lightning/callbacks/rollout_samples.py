@@ -1,0 +1,85 @@
+"""RolloutSampleLogger: a table of sampled responses and the length and reward distributions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from typing_extensions import override
+
+
+def _cell(text: str, limit: int) -> str:
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.replace("|", "\\|").replace("\n", " ⏎ ")
+
+
+class RolloutSampleLogger(Callback):
+    """Every ``every_n_steps`` steps, logs the last rollout batch to TensorBoard.
+
+    - text ``rollouts/samples``: a markdown table (prompt, response, ground truth, reward) of the
+      first ``num_samples`` rollouts;
+    - histograms ``rollouts/response_length`` (tokens) and ``rollouts/reward``.
+
+    Args:
+        every_n_steps: log every this many optimizer steps.
+        num_samples: rows of the sample table.
+        max_chars: longer prompts and responses are cut to this many characters.
+
+    Example:
+        >>> RolloutSampleLogger(every_n_steps=50, num_samples=8)
+        RolloutSampleLogger(every_n_steps=50, num_samples=8)
+    """
+
+    def __init__(self, every_n_steps: int = 50, num_samples: int = 8, max_chars: int = 300) -> None:
+        if every_n_steps < 1 or num_samples < 1:
+            raise ValueError(f"every_n_steps and num_samples must be >= 1, got {every_n_steps}, {num_samples}")
+        self.every_n_steps, self.num_samples, self.max_chars = every_n_steps, num_samples, max_chars
+        self.logged_steps: list[int] = []
+
+    def __repr__(self) -> str:
+        return f"RolloutSampleLogger(every_n_steps={self.every_n_steps}, num_samples={self.num_samples})"
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_steps=self.every_n_steps)
+
+    def sample_table(self, batch: Any, tokenizer: Any) -> str:
+        """Markdown table of the first rollouts of ``batch``."""
+        rows = ["| prompt | response | ground truth | reward |", "| --- | --- | --- | --- |"]
+        for i in range(min(self.num_samples, len(batch))):
+            prompt_ids = batch.input_ids[i, : batch.prompt_length][batch.attention_mask[i, : batch.prompt_length] > 0]
+            prompt = tokenizer.decode(prompt_ids.tolist(), skip_special_tokens=True) if tokenizer else ""
+            response = batch.responses[i] if batch.responses else ""
+            truth = batch.ground_truths[i] if batch.ground_truths else ""
+            rows.append(
+                f"| {_cell(prompt, self.max_chars)} | {_cell(response, self.max_chars)} | "
+                f"{_cell(truth, self.max_chars)} | {float(batch.rewards[i]):g} |"
+            )
+        return "\n".join(rows)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        rollouts = getattr(pl_module, "last_batch", None)
+        if rollouts is None or not len(rollouts) or step % self.every_n_steps or step in self.logged_steps:
+            return
+        table = self.sample_table(rollouts, getattr(pl_module, "tokenizer", None))
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("rollouts/samples", table, global_step=step)
+                logger.experiment.add_histogram(
+                    "rollouts/response_length", rollouts.response_lengths.float().cpu(), global_step=step
+                )
+                logger.experiment.add_histogram("rollouts/reward", rollouts.rewards.float().cpu(), global_step=step)
+        self.logged_steps.append(step)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"logged_steps": list(self.logged_steps)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.logged_steps = list(state_dict.get("logged_steps", []))
