@@ -20,7 +20,7 @@ def _segment_ranks(values: Tensor, segment: Tensor) -> Tensor:
     order = order[torch.argsort(segment[order], stable=True)]
     sorted_seg, sorted_val = segment[order], values[order]
     position = torch.arange(values.numel(), device=values.device, dtype=torch.float64)
-    seg_start = torch.zeros_like(position).index_reduce_(0, sorted_seg, position, "amin", include_self=False)
+    seg_start = torch.zeros_like(position).scatter_reduce(0, sorted_seg, position, "amin", include_self=False)
     rank_sorted = position - seg_start[sorted_seg]
     # average the ranks of ties (same segment, same value)
     key_change = torch.ones_like(sorted_seg, dtype=torch.bool)
