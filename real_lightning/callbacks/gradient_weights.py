@@ -6,15 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from typing_extensions import override
 
 from real_lightning.allocation import allocation_stats
+from real_lightning.callbacks.periodic import PeriodicStepCallback
 from real_lightning.losses.groups import NEGATIVE, POSITIVE
 
 
-class GradientWeightMonitor(Callback):
+class GradientWeightMonitor(PeriodicStepCallback):
     """Logs the per-rollout gradient weights ∂L/∂s of the last update every ``every_n_steps`` steps.
 
     Reads ``pl_module.last_loss_output`` (its ``grad_weights``, ``scores`` and ``labels`` metrics)
@@ -42,19 +43,12 @@ class GradientWeightMonitor(Callback):
     """
 
     def __init__(self, every_n_steps: int = 10, histograms: bool = True, records_dir: str | None = None) -> None:
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
-        self.every_n_steps = every_n_steps
+        super().__init__(every_n_steps)
         self.histograms = histograms
         self.records_dir = records_dir
-        self.logged_steps: list[int] = []
 
     def __repr__(self) -> str:
         return f"GradientWeightMonitor(every_n_steps={self.every_n_steps}, records_dir={self.records_dir!r})"
-
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(every_n_steps=self.every_n_steps)
 
     @override
     def on_train_batch_end(
@@ -62,7 +56,7 @@ class GradientWeightMonitor(Callback):
     ) -> None:
         step = trainer.global_step  # optimizer steps taken, this update included
         out, rollouts = getattr(pl_module, "last_loss_output", None), getattr(pl_module, "last_batch", None)
-        if out is None or rollouts is None or step % self.every_n_steps or step in self.logged_steps:
+        if out is None or rollouts is None or not self.due(trainer):
             return
         weights, scores, labels = out.metrics["grad_weights"], out.metrics["scores"], out.metrics["labels"]
         stats = allocation_stats(weights, scores, labels, rollouts.group_ids)
@@ -76,7 +70,7 @@ class GradientWeightMonitor(Callback):
                         logger.experiment.add_histogram(f"weights/{name}", values, global_step=step)
         if self.records_dir and trainer.is_global_zero:
             self._write_records(trainer, step, weights, scores, labels, rollouts)
-        self.logged_steps.append(step)
+        self.mark_done(trainer)
 
     def _write_records(
         self,
@@ -105,11 +99,3 @@ class GradientWeightMonitor(Callback):
             }
         )
         pq.write_table(table, folder / f"step_{step:07d}.parquet")
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"logged_steps": list(self.logged_steps)}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.logged_steps = list(state_dict.get("logged_steps", []))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from typing_extensions import override
+
+from real_lightning.callbacks.periodic import PeriodicStepCallback
 
 
 def _cell(text: str, limit: int) -> str:
@@ -14,7 +16,7 @@ def _cell(text: str, limit: int) -> str:
     return text.replace("|", "\\|").replace("\n", " ⏎ ")
 
 
-class RolloutSampleLogger(Callback):
+class RolloutSampleLogger(PeriodicStepCallback):
     """Every ``every_n_steps`` steps, logs the last rollout batch to TensorBoard.
 
     - text ``rollouts/samples``: a markdown table (prompt, response, ground truth, reward) of the
@@ -32,17 +34,13 @@ class RolloutSampleLogger(Callback):
     """
 
     def __init__(self, every_n_steps: int = 50, num_samples: int = 8, max_chars: int = 300) -> None:
-        if every_n_steps < 1 or num_samples < 1:
-            raise ValueError(f"every_n_steps and num_samples must be >= 1, got {every_n_steps}, {num_samples}")
-        self.every_n_steps, self.num_samples, self.max_chars = every_n_steps, num_samples, max_chars
-        self.logged_steps: list[int] = []
+        super().__init__(every_n_steps)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.num_samples, self.max_chars = num_samples, max_chars
 
     def __repr__(self) -> str:
         return f"RolloutSampleLogger(every_n_steps={self.every_n_steps}, num_samples={self.num_samples})"
-
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(every_n_steps=self.every_n_steps)
 
     def sample_table(self, batch: Any, tokenizer: Any) -> str:
         """Markdown table of the first rollouts of ``batch``."""
@@ -64,7 +62,7 @@ class RolloutSampleLogger(Callback):
     ) -> None:
         step = trainer.global_step
         rollouts = getattr(pl_module, "last_batch", None)
-        if rollouts is None or not len(rollouts) or step % self.every_n_steps or step in self.logged_steps:
+        if rollouts is None or not len(rollouts) or not self.due(trainer):
             return
         table = self.sample_table(rollouts, getattr(pl_module, "tokenizer", None))
         for logger in trainer.loggers:
@@ -74,12 +72,4 @@ class RolloutSampleLogger(Callback):
                     "rollouts/response_length", rollouts.response_lengths.float().cpu(), global_step=step
                 )
                 logger.experiment.add_histogram("rollouts/reward", rollouts.rewards.float().cpu(), global_step=step)
-        self.logged_steps.append(step)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"logged_steps": list(self.logged_steps)}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.logged_steps = list(state_dict.get("logged_steps", []))
+        self.mark_done(trainer)

@@ -1,0 +1,42 @@
+"""Base for callbacks that act once every N optimizer steps and remember, across a resume, which steps they did."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import Callback, Trainer
+from typing_extensions import override
+
+
+class PeriodicStepCallback(Callback):
+    """Gate :meth:`due` on every ``every_n_steps``-th optimizer step, each step at most once.
+
+    The handled steps are part of the checkpointed state, so a resumed run neither repeats nor
+    skips one.
+    """
+
+    def __init__(self, every_n_steps: int) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.logged_steps: list[int] = []
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_steps=self.every_n_steps)
+
+    def due(self, trainer: Trainer) -> bool:
+        """The current optimizer step is a multiple of ``every_n_steps`` and was not handled yet."""
+        step = trainer.global_step
+        return step % self.every_n_steps == 0 and step not in self.logged_steps
+
+    def mark_done(self, trainer: Trainer) -> None:
+        self.logged_steps.append(trainer.global_step)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"logged_steps": list(self.logged_steps)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.logged_steps = list(state_dict.get("logged_steps", []))
