@@ -389,7 +389,8 @@ def worker_eval(args: argparse.Namespace) -> dict:
     out = {}
     for directory in args.models:
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-        generation = engine.generate(model, tokenizer, prompt_ids, n=EVAL_SAMPLES, seed=0)
+        engine.setup(model, tokenizer)
+        generation = engine.generate(prompt_ids, n=EVAL_SAMPLES, seed=0)
         truths = [r.ground_truth for r in records for _ in range(EVAL_SAMPLES)]
         correct = [
             0.0 if cut else (1.0 if math_reward(text, truth) else 0.0)

@@ -8,6 +8,7 @@ real-lightning validate -c configs/quickstart.yaml --model.pretrained runs/quick
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
@@ -16,6 +17,7 @@ from typing_extensions import override
 from real_lightning.callbacks.pass_at_k import PassAtKLogger
 from real_lightning.data.datamodule import RolloutDataModule
 from real_lightning.module import RealPolicyModule
+from real_lightning.resume import attach_loggers_to_run
 
 
 class RealLightningCLI(LightningCLI):
@@ -23,7 +25,8 @@ class RealLightningCLI(LightningCLI):
 
     Adds ``--pass_at_k.ks`` (the always-on :class:`PassAtKLogger`) and, for ``fit``,
     ``--validate_before_fit`` (measure the starting policy first, so that the run reports
-    "Pass@1 before: …, after: …").
+    "Pass@1 before: …, after: …"). ``fit --ckpt_path last`` (or a checkpoint path) resumes the run
+    into its own log folder (:mod:`real_lightning.resume`) and skips the validation before fit.
     """
 
     @override
@@ -40,7 +43,11 @@ class RealLightningCLI(LightningCLI):
         return next((cb for cb in self.trainer.callbacks if isinstance(cb, PassAtKLogger)), None)
 
     def before_fit(self) -> None:
-        if self.config[self.subcommand].get("validate_before_fit"):
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        resuming = attach_loggers_to_run(self.trainer, ckpt_path) is not None or (
+            ckpt_path is not None and Path(ckpt_path).is_file()
+        )
+        if self.config[self.subcommand].get("validate_before_fit") and not resuming:
             self.trainer.validate(self.model, datamodule=self.datamodule)
 
     def after_fit(self) -> None:

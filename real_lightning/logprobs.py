@@ -40,12 +40,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from real_lightning.dtypes import compute_dtype
+
 __all__ = ["sequence_logprobs", "token_logprobs"]
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The math runs in float32 at least: bfloat16/float16 are promoted, float64 is kept."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 def _row_keys(batch: int, length: int, chunk_size: int, flat: bool) -> Iterator[tuple[Any, ...]]:
@@ -124,7 +121,7 @@ class _TokenLogprobs(torch.autograd.Function):
         ctx: Any, logits: Tensor, tokens: Tensor, temperature: float, chunk_size: int, with_entropy: bool
     ) -> tuple[Tensor, Tensor]:
         batch, length, vocab = logits.shape
-        dtype = _compute_dtype(logits.dtype)
+        dtype = compute_dtype(logits.dtype)
         flat = _can_flatten(logits)
         out = torch.empty(batch, length, dtype=dtype, device=logits.device)
         lse = torch.empty_like(out)

@@ -1,14 +1,20 @@
 """RealPolicyModule: the policy, its loss and its optimizer, as a LightningModule.
 
-Rollouts come from :class:`~real_lightning.data.RolloutDataModule` as tickets that resolve inside
-``training_step`` against this module's policy (see :mod:`real_lightning.rollout.stream`).
+One ``training_step`` is one optimizer step over one mini-batch. The step asks the data side's
+:class:`~real_lightning.rollout.collector.RolloutCollector` for its rollouts (pushing the policy's
+weights to the engine first when it is about to sample), computes π_old itself when the rollout
+batch needs it, and runs the mini-batch as micro-batches of whole groups, each forward followed by
+its backward, with the loss divided by counts taken over the whole step (all micro-batches, all
+ranks). See :mod:`real_lightning.update`.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,23 +25,22 @@ from torch import Tensor
 from typing_extensions import override
 
 from real_lightning.logprobs import sequence_logprobs
-from real_lightning.losses import LOSSES, LossOutput
+from real_lightning.losses import LOSSES
 from real_lightning.policy.loading import BUILTIN, load_policy, load_tokenizer
 from real_lightning.rollout.batch import RolloutBatch, ValidationRollouts
+from real_lightning.rollout.collector import RolloutCollector
+from real_lightning.rollout.requests import RolloutRequest, ValidationRequest
+from real_lightning.update import StepResult, accumulate_step, old_logprobs_pass
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_LOGGED_LOSS_METRICS = (
-    "contrast_fraction",
-    "ppo_kl",
-    "low_var_kl",
-    "weight_abs_mean_pos",
-    "weight_abs_mean_neg",
-    "clip_fraction",
-)
+_NOT_HPARAMS = {"counts"}
 
 
 class RealPolicyModule(LightningModule):
     """A causal-LM policy trained with one of :data:`~real_lightning.losses.LOSSES`.
+
+    Trains from a :class:`~real_lightning.data.RolloutDataModule` (its ``collector`` serves the
+    requests the train DataLoader yields).
 
     Args:
         pretrained: local directory or hub name of a causal LM (``AutoModelForCausalLM``), or
@@ -67,7 +72,7 @@ class RealPolicyModule(LightningModule):
         min_lr_ratio: float = 0.0,
         gradient_checkpointing: bool = False,
         logprob_chunk_size: int = 256,
-        dtype: Literal["float32", "bfloat16", "float16"] | None = None,
+        dtype: Literal["float32", "bfloat16", "float16", "float64"] | None = None,
         export_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -78,13 +83,41 @@ class RealPolicyModule(LightningModule):
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         self.tokenizer = load_tokenizer(pretrained)
-        self.policy = load_policy(pretrained, _DTYPES[dtype] if dtype else None).train()  # from_pretrained: eval
+        torch_dtype = torch.float64 if dtype == "float64" else _DTYPES[dtype] if dtype else None
+        self.policy = load_policy(pretrained, torch_dtype).train()  # from_pretrained returns eval mode
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.last_loss_output: LossOutput | None = None
-        self.last_batch: RolloutBatch | None = None
         self.skipped_steps = 0
+        self._skip_update = False
+        self._engines_set_up: set[int] = set()
         self._update_start: float | None = None
+
+    # --- the data side -----------------------------------------------------------------------------
+
+    @property
+    def collector(self) -> RolloutCollector:
+        """The datamodule's rollout collector (the module calls the data side, never the reverse)."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        collector = getattr(datamodule, "collector", None)
+        if collector is None:
+            raise RuntimeError("RealPolicyModule trains and validates from a RolloutDataModule (its collector)")
+        return collector
+
+    def _named_weights(self) -> Iterator[tuple[str, Tensor]]:
+        """The policy's weights as full tensors, one at a time (sharded parameters are gathered)."""
+        for name, param in self.policy.named_parameters():
+            full = param.full_tensor() if hasattr(param, "full_tensor") else param
+            yield name, full.detach()
+
+    def push_weights(self, collector: RolloutCollector) -> None:
+        """Make every engine of ``collector`` sample from the current weights (once per policy version)."""
+        version = self.global_step
+        for engine in collector.engines:
+            if id(engine) not in self._engines_set_up:
+                engine.setup(self.policy, self.tokenizer)
+                self._engines_set_up.add(id(engine))
+            if engine.policy_version != version:
+                engine.update_weights(self._named_weights(), version)
 
     # --- log-probs -------------------------------------------------------------------------------------
 
@@ -100,59 +133,92 @@ class RealPolicyModule(LightningModule):
             with_entropy=with_entropy,
         )
 
-    @torch.no_grad()
-    def compute_old_logprobs(self, batch: RolloutBatch) -> Tensor:
-        """[B, T] log π_old: a no-grad forward of the policy that generated ``batch``."""
-        return self.response_logprobs(batch)[0].float()
+    def needs_old_logprobs(self, rollouts: RolloutBatch, collector: RolloutCollector) -> bool:
+        """π_old needs its own pass unless this one update samples and trains on the same weights."""
+        schedule = collector.schedule
+        on_policy = schedule.single_update and rollouts.policy_version == self.global_step
+        return rollouts.old_logprobs is None and (schedule.recompute_old_logprobs or not on_policy)
 
     # --- training ----------------------------------------------------------------------------------------
 
     @override
-    def training_step(self, ticket: Any, batch_idx: int) -> Tensor | None:
-        batch: RolloutBatch = ticket.resolve(self) if hasattr(ticket, "resolve") else ticket
+    def on_fit_start(self) -> None:
+        if self.trainer.accumulate_grad_batches != 1:
+            raise ValueError(
+                "trainer.accumulate_grad_batches must be 1: one training step is one optimizer step; use "
+                "data.schedule.prompts_per_minibatch and max_tokens_per_micro_batch to size steps and micro-batches"
+            )
+
+    @override
+    def training_step(self, request: RolloutRequest, batch_idx: int) -> dict[str, Any]:
+        collector = self.collector
+        if collector.needs_generation(request):
+            self.push_weights(collector)
+        rollouts = collector.rollouts(request)
+        schedule = collector.schedule
+        budget = (schedule.max_tokens_per_micro_batch, schedule.max_sequences_per_micro_batch)
+        old_seconds = 0.0
+        if self.needs_old_logprobs(rollouts, collector):
+            start = time.perf_counter()
+            rollouts.old_logprobs = old_logprobs_pass(self.response_logprobs, rollouts, budget, self.device)
+            old_seconds = time.perf_counter() - start
+        minibatch = collector.minibatch(request)
         self._update_start = time.perf_counter()
-        self.last_batch = batch
-        for key, value in batch.stats.items():
-            self.log(key, value, prog_bar=key == "rollout/reward_mean", batch_size=max(len(batch), 1))
-        if len(batch) == 0:  # dynamic sampling found no group with a label contrast
-            return None
-        logprobs, entropy = self.response_logprobs(batch, with_entropy=True)
-        old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
-        out = self.loss_fn(
-            logprobs=logprobs,
-            old_logprobs=old,
-            response_mask=batch.response_mask,
-            rewards=batch.rewards,
-            group_ids=batch.group_ids,
-            **self.loss_kwargs,
+        self.policy.zero_grad(set_to_none=True)  # optimizer_zero_grad is a no-op: the step accumulates here
+        result = accumulate_step(
+            minibatch,
+            budget,
+            logprobs_fn=self.response_logprobs,
+            loss_fn=self.loss_fn,
+            loss_kwargs=self.loss_kwargs,
+            backward=lambda loss: self.trainer.strategy.backward(loss, None),
+            device=self.device,
+            world_size=self.trainer.world_size,
+            rollout_stats={**minibatch.stats, "time/old_logprobs_s": old_seconds} if minibatch.stats else {},
         )
-        self.last_loss_output = out
-        size = len(batch)
-        if not torch.isfinite(out.loss):
+        self._skip_update = result.skipped
+        self._log_step(result, len(minibatch))
+        return {"loss": self._sync_loss(), "loss_output": result.loss_output, "rollouts": result.rollouts}
+
+    def _sync_loss(self) -> Tensor:
+        """What Lightning back-propagates after the step's own backward passes: zero, touching every parameter.
+
+        Under DDP this one backward all-reduces the gradients accumulated over the micro-batches (the
+        micro-batches' backward passes inside the step do not communicate), like ``no_sync``.
+        """
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        if self.trainer.world_size == 1:
+            return torch.zeros((), device=self.device, requires_grad=True)
+        return torch.stack([p.sum() for p in params]).sum() * 0.0
+
+    def _log_step(self, result: StepResult, size: int) -> None:
+        if result.skipped:
             self.skipped_steps += 1
-            rank_zero_info(f"step {self.global_step}: non-finite loss ({out.loss.item()}), update skipped")
-            self.log("train/skipped_steps", float(self.skipped_steps), batch_size=size)
-            return None
-        mask = batch.response_mask
-        self.log("train/loss", out.loss.detach(), batch_size=size)
-        self.log("train/entropy", (entropy * mask).sum() / mask.sum().clamp_min(1), batch_size=size)
-        for name in _LOGGED_LOSS_METRICS:
-            if name in out.metrics:
-                self.log(f"train/{name}", out.metrics[name], batch_size=size)
-        return out.loss
+            rank_zero_info(f"step {self.global_step}: non-finite loss on some rank, update skipped")
+            self.log("train/skipped_steps", float(self.skipped_steps), batch_size=max(size, 1))
+        for key, value in result.metrics.items():
+            self.log(key, value, prog_bar=key == "rollout/reward_mean", batch_size=max(size, 1))
+
+    @override
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        """Nothing: ``training_step`` zeroes the gradients before its micro-batches (Lightning would zero after)."""
+
+    @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._skip_update:  # every rank agreed: AdamW skips parameters without a gradient
+            for param in self.policy.parameters():
+                param.grad = None
+            return
+        norms = grad_norm(self.policy, norm_type=2)
+        if norms:
+            self.log("train/grad_norm", norms["grad_2.0_norm_total"])
+        self.log("train/lr", optimizer.param_groups[0]["lr"])
 
     @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._update_start is not None:
             self.log("time/update_s", time.perf_counter() - self._update_start)
             self._update_start = None
-
-    @override
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        norms = grad_norm(self.policy, norm_type=2)
-        if norms:
-            self.log("train/grad_norm", norms["grad_2.0_norm_total"])
-        self.log("train/lr", optimizer.param_groups[0]["lr"])
 
     @override
     def configure_optimizers(self) -> dict[str, Any]:
@@ -171,14 +237,39 @@ class RealPolicyModule(LightningModule):
     # --- evaluation -------------------------------------------------------------------------------------
 
     @override
-    def validation_step(self, ticket: Any, batch_idx: int, dataloader_idx: int = 0) -> ValidationRollouts:
-        return ticket.resolve(self)
+    def validation_step(
+        self, request: ValidationRequest, batch_idx: int, dataloader_idx: int = 0
+    ) -> ValidationRollouts:
+        collector = self.collector
+        self.push_weights(collector)
+        return collector.validate(request)
 
     @override
-    def test_step(self, ticket: Any, batch_idx: int, dataloader_idx: int = 0) -> ValidationRollouts:
-        return ticket.resolve(self)
+    def test_step(self, request: ValidationRequest, batch_idx: int, dataloader_idx: int = 0) -> ValidationRollouts:
+        return self.validation_step(request, batch_idx, dataloader_idx)
 
-    # --- export -----------------------------------------------------------------------------------------
+    # --- checkpoints and export -----------------------------------------------------------------------------
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the RNG states (as plain values) so that anything not seeded explicitly also resumes exactly."""
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "python": _plain(random.getstate()),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "skipped_steps": self.skipped_steps,
+        }
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        random.setstate(_tuples(states["python"]))
+        if states["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+        self.skipped_steps = int(states.get("skipped_steps", 0))
 
     @rank_zero_only
     def export_hf(self, directory: str | Path) -> Path:
@@ -208,9 +299,18 @@ def lr_factor(step: int, warmup: int, schedule: str, total: int | None, min_rati
 
 def _check_loss_kwargs(loss: str, kwargs: dict[str, Any]) -> None:
     params = inspect.signature(LOSSES[loss]).parameters
-    allowed = [name for name, p in params.items() if p.default is not inspect.Parameter.empty]
+    allowed = [n for n, p in params.items() if p.default is not inspect.Parameter.empty and n not in _NOT_HPARAMS]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ValueError(
             f"loss {loss!r} has no hyper-parameter {', '.join(map(repr, unknown))}; valid: {', '.join(allowed)}"
         )
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively (checkpoints load with ``weights_only=True``)."""
+    return [_plain(v) for v in value] if isinstance(value, tuple | list) else value
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value

@@ -1,4 +1,4 @@
-"""The module, the rollout stream and the data module together, on a tiny random policy."""
+"""The module, the rollout collector and the data module together, on a tiny random policy."""
 
 from __future__ import annotations
 
@@ -6,70 +6,90 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from real_lightning.data.config import ValidationConfig, VerifierConfig
 from real_lightning.data.datamodule import RolloutDataModule
 from real_lightning.data.sources import DatasetSpec
 from real_lightning.module import RealPolicyModule, lr_factor
 from real_lightning.registry import UnknownNameError
 from real_lightning.rollout.hf import HFEngine
+from real_lightning.rollout.schedule import RolloutSchedule
+from real_lightning.update import old_logprobs_pass
 
 REWARD = "tests.rewards_for_tests:contains_seven"
 
 
-def make_datamodule(**overrides) -> RolloutDataModule:
-    kwargs = {
-        "train": DatasetSpec(source="builtin:arithmetic"),
-        "val": {"held_out": DatasetSpec(source="builtin:arithmetic", split="test", limit=8)},
-        "engine": HFEngine(max_new_tokens=6),
-        "prompts_per_rollout": 4,
-        "rollouts_per_prompt": 4,
-        "val_samples": 4,
-        "val_prompts_per_batch": 4,
-        "reward": REWARD,
-        "verifier_workers": 1,
-        "truncated_is_wrong": False,
-    }
-    kwargs.update(overrides)
-    return RolloutDataModule(**kwargs)
+def make_datamodule(engine=None, val_limit: int = 8, seed: int = 0, **schedule) -> RolloutDataModule:
+    """The built-in task, 4 prompts × 4 rollouts of 6 tokens, a cheap reward; ``schedule`` overrides."""
+    return RolloutDataModule(
+        train=DatasetSpec(source="builtin:arithmetic"),
+        val={"held_out": DatasetSpec(source="builtin:arithmetic", split="test", limit=val_limit)},
+        engine=engine or HFEngine(max_new_tokens=6),
+        schedule=RolloutSchedule(**{"prompts_per_rollout": 4, "rollouts_per_prompt": 4, **schedule}),
+        verifier=VerifierConfig(reward=REWARD, workers=1, truncated_is_wrong=False),
+        validation=ValidationConfig(samples=4, prompts_per_batch=4),
+        seed=seed,
+    )
 
 
 def attached(module: RealPolicyModule, datamodule: RolloutDataModule) -> RolloutDataModule:
+    """The datamodule set up for fit with the module's tokenizer, its engines holding the module's weights."""
     datamodule.attach_tokenizer(module.tokenizer)
     datamodule.setup("fit")
+    module.push_weights(datamodule.collector)
     return datamodule
+
+
+def _loss(module: RealPolicyModule, batch, old):
+    logprobs, _ = module.response_logprobs(batch)
+    return module.loss_fn(
+        logprobs=logprobs,
+        old_logprobs=old if old is not None else logprobs.detach(),
+        response_mask=batch.response_mask,
+        rewards=batch.rewards,
+        group_ids=batch.group_ids,
+    )
 
 
 def test_scores_are_zero_on_the_first_minibatch(policy_dir) -> None:
     """π_old from the no-grad pass equals π_θ before any update: |s_i| < 1e-5."""
     module = RealPolicyModule(pretrained=policy_dir, lr=1e-3)
     dm = attached(module, make_datamodule(recompute_old_logprobs=True, prompts_per_minibatch=2))
-    ticket = next(iter(dm.train_dataloader()))
-    batch = ticket.resolve(module)
+    request = next(iter(dm.train_dataloader()))
+    rollouts = dm.collector.rollouts(request)
+    assert module.needs_old_logprobs(rollouts, dm.collector)
+    rollouts.old_logprobs = old_logprobs_pass(module.response_logprobs, rollouts, (None, 4), module.device)
+    batch = dm.collector.minibatch(request)
     assert batch.old_logprobs is not None and len(batch) == 8
-    logprobs, _ = module.response_logprobs(batch)
-    out = module.loss_fn(
-        logprobs=logprobs,
-        old_logprobs=batch.old_logprobs,
-        response_mask=batch.response_mask,
-        rewards=batch.rewards,
-        group_ids=batch.group_ids,
-    )
-    assert out.metrics["scores"].abs().max() < 1e-5
+    assert _loss(module, batch, batch.old_logprobs).metrics["scores"].abs().max() < 1e-5
 
 
 def test_on_policy_single_update_skips_the_old_logprob_pass(policy_dir) -> None:
     module = RealPolicyModule(pretrained=policy_dir)
     dm = attached(module, make_datamodule())
-    batch = next(iter(dm.train_dataloader())).resolve(module)
-    assert batch.old_logprobs is None and batch.stats["time/old_logprobs_s"] < 0.01
+    rollouts = dm.collector.rollouts(next(iter(dm.train_dataloader())))
+    assert rollouts.policy_version == 0 and not module.needs_old_logprobs(rollouts, dm.collector)
+    rollouts.policy_version = -1  # sampled by older weights (an engine that lags): π_old needs its pass
+    assert module.needs_old_logprobs(rollouts, dm.collector)
+
+
+def test_requests_are_pure_functions_of_the_step(policy_dir) -> None:
+    module = RealPolicyModule(pretrained=policy_dir)
+    dm = attached(module, make_datamodule(prompts_per_rollout=6, prompts_per_minibatch=2, ppo_epochs=2))
+    stream = iter(dm.train_dataloader())
+    first = [next(stream) for _ in range(8)]
+    assert [r.rollout_index for r in first] == [0] * 6 + [1] * 2
+    assert [r.minibatch_index for r in first] == [0, 1, 2, 3, 4, 5, 0, 1]
+    dm.collector.next_step = 5  # a resumed run asks again from its saved position
+    assert [next(iter(dm.train_dataloader())) for _ in range(1)] == [first[5]]
+    assert len(set(first[0].prompt_indices) | set(first[6].prompt_indices)) == 12  # no prompt twice in an epoch
 
 
 def test_groups_are_never_split_across_minibatches_or_epochs(policy_dir) -> None:
     module = RealPolicyModule(pretrained=policy_dir)
     dm = attached(module, make_datamodule(prompts_per_rollout=6, prompts_per_minibatch=4, ppo_epochs=2))
-    stream = dm.train_stream
-    assert stream.minibatches_per_rollout == 4
-    tickets = iter(dm.train_dataloader())
-    first_rollout = [next(tickets).resolve(module) for _ in range(4)]
+    assert dm.schedule.minibatches_per_rollout == 4
+    requests = iter(dm.train_dataloader())
+    first_rollout = [dm.collector.minibatch(next(requests)) for _ in range(4)]
     assert [b.num_groups for b in first_rollout] == [4, 2, 4, 2]
     for b in first_rollout:
         assert torch.all(torch.bincount(b.group_ids)[torch.unique(b.group_ids)] == 4)
@@ -78,13 +98,13 @@ def test_groups_are_never_split_across_minibatches_or_epochs(policy_dir) -> None
     ]
     assert epoch_groups == [list(range(6))] * 2
     assert first_rollout[0].stats and not first_rollout[1].stats  # rollout statistics logged once
-    assert next(tickets).rollout_index == 1
+    assert dm.collector.next_step == 4 and next(requests).rollout_index == 1
 
 
 def test_dynamic_sampling_keeps_only_groups_with_contrast(policy_dir) -> None:
     module = RealPolicyModule(pretrained=policy_dir)
     dm = attached(module, make_datamodule(dynamic_sampling=True, max_sampling_rounds=4, prompts_per_rollout=3))
-    batch = next(iter(dm.train_dataloader())).resolve(module)
+    batch = dm.collector.minibatch(next(iter(dm.train_dataloader())))
     for g in torch.unique(batch.group_ids):
         rewards = batch.rewards[batch.group_ids == g]
         assert rewards.min() < rewards.max()
@@ -128,9 +148,15 @@ def test_unknown_names_list_the_valid_ones(policy_dir) -> None:
     with pytest.raises(ValueError, match="loss 'real' has no hyper-parameter 'clip_low'; valid: tau"):
         RealPolicyModule(pretrained=policy_dir, loss="real", loss_kwargs={"clip_low": 0.2})
     with pytest.raises(KeyError, match="unknown reward function 'maths'; valid names: math"):
-        make_datamodule(reward="maths")
-    with pytest.raises(ValueError, match="prompts_per_minibatch must be in"):
+        RolloutDataModule(train=DatasetSpec(source="builtin:arithmetic"), verifier=VerifierConfig(reward="maths"))
+    with pytest.raises(ValueError, match=r"schedule.prompts_per_minibatch must be in"):
         make_datamodule(prompts_per_minibatch=9)
+    with pytest.raises(ValueError, match=r"schedule.max_tokens_per_micro_batch must be >= 1"):
+        make_datamodule(max_tokens_per_micro_batch=0)
+    with pytest.raises(ValueError, match=r"prompts_per_rollout=5 counts prompts over all 2 ranks"):
+        RolloutSchedule(prompts_per_rollout=5).check_world_size(2)
+    with pytest.raises(ValueError, match=r"verifier.timeout_s must be > 0"):
+        VerifierConfig(timeout_s=0)
 
 
 def test_lr_schedule_warmup_then_constant_or_cosine() -> None:
@@ -144,19 +170,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(policy_dir) -> None:
     plain = RealPolicyModule(pretrained=policy_dir)
     checkpointed = RealPolicyModule(pretrained=policy_dir, gradient_checkpointing=True)
     assert checkpointed.policy.is_gradient_checkpointing
-    dm = attached(plain, make_datamodule(recompute_old_logprobs=True))
-    batch = next(iter(dm.train_dataloader())).resolve(plain)
+    dm = attached(plain, make_datamodule())
+    batch = dm.collector.minibatch(next(iter(dm.train_dataloader())))
+    batch.old_logprobs = old_logprobs_pass(plain.response_logprobs, batch, (None, None), plain.device) - 0.1
     grads = []
     for module in (plain, checkpointed):
-        logprobs, _ = module.response_logprobs(batch)
-        out = module.loss_fn(
-            logprobs=logprobs,
-            old_logprobs=batch.old_logprobs,
-            response_mask=batch.response_mask,
-            rewards=batch.rewards,
-            group_ids=batch.group_ids,
-        )
-        out.loss.backward()
+        _loss(module, batch, batch.old_logprobs).loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in module.policy.parameters()]))
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)

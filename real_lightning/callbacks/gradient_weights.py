@@ -8,18 +8,20 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from real_lightning.allocation import allocation_stats
 from real_lightning.callbacks.periodic import PeriodicStepCallback
-from real_lightning.losses.groups import NEGATIVE, POSITIVE
+from real_lightning.groups import NEGATIVE, POSITIVE
 
 
 class GradientWeightMonitor(PeriodicStepCallback):
     """Logs the per-rollout gradient weights ∂L/∂s of the last update every ``every_n_steps`` steps.
 
-    Reads ``pl_module.last_loss_output`` (its ``grad_weights``, ``scores`` and ``labels`` metrics)
-    and ``pl_module.last_batch`` (group ids, lengths), and logs:
+    Reads what ``training_step`` returns to ``on_train_batch_end``: ``outputs["loss_output"]`` (its
+    ``grad_weights``, ``scores`` and ``labels`` over every micro-batch of the step) and
+    ``outputs["rollouts"]`` (group ids, lengths, rewards, rows in the same order), and logs:
 
     - TensorBoard histograms ``weights/positive`` and ``weights/negative`` of the signed weights;
     - scalars ``weights/{pos,neg}_abs_max``, ``_abs_mean``, ``weights/domination_max`` / ``_mean``,
@@ -55,7 +57,7 @@ class GradientWeightMonitor(PeriodicStepCallback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step  # optimizer steps taken, this update included
-        out, rollouts = getattr(pl_module, "last_loss_output", None), getattr(pl_module, "last_batch", None)
+        out, rollouts = self.step_outputs(outputs)
         if out is None or rollouts is None or not self.due(trainer):
             return
         weights, scores, labels = out.metrics["grad_weights"], out.metrics["scores"], out.metrics["labels"]
@@ -71,6 +73,13 @@ class GradientWeightMonitor(PeriodicStepCallback):
         if self.records_dir and trainer.is_global_zero:
             self._write_records(trainer, step, weights, scores, labels, rollouts)
         self.mark_done(trainer)
+
+    @override
+    def check_preconditions(self, trainer: Trainer) -> None:
+        if not trainer.loggers:
+            rank_zero_warn("GradientWeightMonitor: the trainer has no logger, so no weight statistics are logged")
+        elif self.histograms:
+            self.warn_without_tensorboard(trainer, "the weight histograms")
 
     def _write_records(
         self,

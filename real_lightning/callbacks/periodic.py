@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 
@@ -32,6 +34,27 @@ class PeriodicStepCallback(Callback):
 
     def mark_done(self, trainer: Trainer) -> None:
         self.logged_steps.append(trainer.global_step)
+
+    @staticmethod
+    def step_outputs(outputs: Any) -> tuple[Any, Any]:
+        """(loss output, rollouts) from what ``RealPolicyModule.training_step`` returned; Nones otherwise."""
+        if not isinstance(outputs, dict):
+            return None, None
+        return outputs.get("loss_output"), outputs.get("rollouts")
+
+    def warn_without_tensorboard(self, trainer: Trainer, what: str) -> None:
+        """Say once, at the start of fit, that ``what`` needs a TensorBoard logger and will not be written."""
+        if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
+            rank_zero_warn(
+                f"{type(self).__name__}: {what} need a TensorBoardLogger; the trainer has none, so they are not written"
+            )
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.check_preconditions(trainer)
+
+    def check_preconditions(self, trainer: Trainer) -> None:
+        """Warn once about anything this callback needs and the trainer lacks (override)."""
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ def _cell(text: str, limit: int) -> str:
 
 
 class RolloutSampleLogger(PeriodicStepCallback):
-    """Every ``every_n_steps`` steps, logs the last rollout batch to TensorBoard.
+    """Every ``every_n_steps`` steps, logs the step's rollouts (from ``training_step``'s outputs) to TensorBoard.
 
     - text ``rollouts/samples``: a markdown table (prompt, response, ground truth, reward) of the
       first ``num_samples`` rollouts;
@@ -57,11 +57,15 @@ class RolloutSampleLogger(PeriodicStepCallback):
         return "\n".join(rows)
 
     @override
+    def check_preconditions(self, trainer: Trainer) -> None:
+        self.warn_without_tensorboard(trainer, "the sample table and histograms")
+
+    @override
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        rollouts = getattr(pl_module, "last_batch", None)
+        _, rollouts = self.step_outputs(outputs)
         if rollouts is None or not len(rollouts) or not self.due(trainer):
             return
         table = self.sample_table(rollouts, getattr(pl_module, "tokenizer", None))

@@ -1,27 +1,34 @@
-"""RolloutDataModule: datasets, prompt formatting, the rollout engine and the verifier, for Lightning."""
+"""RolloutDataModule: datasets, prompt formatting, the rollout engine, the verifier and the schedule."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
+from real_lightning.data.config import PromptFormat, ValidationConfig, VerifierConfig
 from real_lightning.data.prompts import TokenizedPrompt, tokenize_prompts
 from real_lightning.data.sources import DatasetSpec, load_dataset_spec
+from real_lightning.rollout.collector import RolloutCollector
 from real_lightning.rollout.engine import RolloutEngine
 from real_lightning.rollout.hf import HFEngine
+from real_lightning.rollout.requests import PromptOrder, RolloutRequests, ValidationRequests
+from real_lightning.rollout.schedule import RolloutSchedule
 from real_lightning.rollout.scoring import Scorer
-from real_lightning.rollout.stream import RolloutStream, ValidationStream
 
 log = logging.getLogger(__name__)
 
 
 class RolloutDataModule(LightningDataModule):
-    """Streams rollouts for training and samples validation sets for Pass@k.
+    """Streams prompt groups and verified rollouts for training, and samples validation sets for Pass@k.
+
+    The train DataLoader yields small :class:`~real_lightning.rollout.requests.RolloutRequest` items;
+    :attr:`collector` turns them into rollouts when the module's ``training_step`` asks. The data
+    position and the rollout batch in flight are saved in checkpoints (:meth:`state_dict`).
 
     Args:
         train: the training prompts.
@@ -29,26 +36,11 @@ class RolloutDataModule(LightningDataModule):
             each is logged as ``val/<name>/pass@k``.
         engine: the rollout engine (default: ``HFEngine()``); its temperature is the one log-probs use.
         val_engine: engine for validation (default: the training engine).
-        prompts_per_rollout: P, prompts per rollout batch (per rank).
-        rollouts_per_prompt: n, responses sampled per prompt (the group size).
-        prompts_per_minibatch: prompts (whole groups) per optimizer step; None: P, one update per rollout.
-        ppo_epochs: passes over each rollout batch.
-        dynamic_sampling: DAPO's dynamic sampling: drop groups whose rewards are all equal and sample
-            more prompts until P groups are kept or ``max_sampling_rounds`` extra rounds are spent.
-        max_sampling_rounds: cap on the extra rounds of dynamic sampling.
-        recompute_old_logprobs: always compute π_old with a no-grad pass, even when the update is exactly
-            on-policy (by default that pass is skipped then, and π_old = π_θ.detach()).
-        max_prompt_length: prompts with more tokens are dropped and counted.
-        prompt_suffix: appended to plain-text prompts (not to chat-message rows, which carry their own).
-        val_samples: k responses per validation prompt (Pass@1 is their mean correctness).
-        val_prompts_per_batch: validation prompts per generation call.
-        reward: reward function: a registered name (``math``) or ``package.module:function``.
-        answer_after_think: grade only the text after ``</think>`` (reasoning models).
-        verifier_timeout_s: per-sample time budget of the verifier; a timeout scores 0 and is counted.
-        verifier_workers: verifier processes (default: all cores).
-        truncated_is_wrong: a response cut at the length limit without EOS scores 0. None: on for
-            built-in tasks, off otherwise.
-        seed: prompt order and validation sampling.
+        schedule: rollout batch, mini-batch and micro-batch sizes (prompt counts over all ranks).
+        prompts: prompt length limit and suffix.
+        verifier: the reward function and its budget.
+        validation: samples per validation prompt and chunk size.
+        seed: prompt order, sampling seeds and validation sampling.
     """
 
     def __init__(
@@ -57,62 +49,31 @@ class RolloutDataModule(LightningDataModule):
         val: dict[str, DatasetSpec] | None = None,
         engine: RolloutEngine | None = None,
         val_engine: RolloutEngine | None = None,
-        prompts_per_rollout: int = 32,
-        rollouts_per_prompt: int = 8,
-        prompts_per_minibatch: int | None = None,
-        ppo_epochs: int = 1,
-        dynamic_sampling: bool = False,
-        max_sampling_rounds: int = 3,
-        recompute_old_logprobs: bool = False,
-        max_prompt_length: int = 1024,
-        prompt_suffix: str = "",
-        val_samples: int = 8,
-        val_prompts_per_batch: int = 64,
-        reward: str = "math",
-        answer_after_think: bool = False,
-        verifier_timeout_s: float = 5.0,
-        verifier_workers: int | None = None,
-        truncated_is_wrong: bool | None = None,
+        schedule: RolloutSchedule = RolloutSchedule(),  # noqa: B008 (a typed default shown by --help)
+        prompts: PromptFormat = PromptFormat(),  # noqa: B008
+        verifier: VerifierConfig = VerifierConfig(),  # noqa: B008
+        validation: ValidationConfig = ValidationConfig(),  # noqa: B008
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("prompts_per_rollout", prompts_per_rollout),
-            ("rollouts_per_prompt", rollouts_per_prompt),
-            ("ppo_epochs", ppo_epochs),
-            ("val_samples", val_samples),
-            ("val_prompts_per_batch", val_prompts_per_batch),
-        ):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if prompts_per_minibatch is not None and not 1 <= prompts_per_minibatch <= prompts_per_rollout:
-            raise ValueError(
-                f"prompts_per_minibatch must be in [1, prompts_per_rollout={prompts_per_rollout}], "
-                f"got {prompts_per_minibatch}"
-            )
         self.train_spec = train
         self.val_specs = dict(val or {})
         self.engine = engine or HFEngine()
         self.val_engine = val_engine or self.engine
-        self.prompts_per_rollout = prompts_per_rollout
-        self.rollouts_per_prompt = rollouts_per_prompt
-        self.prompts_per_minibatch = prompts_per_minibatch
-        self.ppo_epochs = ppo_epochs
-        self.dynamic_sampling = dynamic_sampling
-        self.max_sampling_rounds = max_sampling_rounds
-        self.recompute_old_logprobs = recompute_old_logprobs
-        self.max_prompt_length = max_prompt_length
-        self.prompt_suffix = prompt_suffix
-        self.val_samples = val_samples
-        self.val_prompts_per_batch = val_prompts_per_batch
+        self.schedule = schedule
+        self.prompt_format = prompts
+        self.validation = validation
+        truncated_is_wrong = verifier.truncated_is_wrong
         if truncated_is_wrong is None:
             truncated_is_wrong = train.source.startswith("builtin:")
-        self.scorer = Scorer(reward, verifier_timeout_s, verifier_workers, answer_after_think, truncated_is_wrong)
+        self.scorer = Scorer(
+            verifier.reward, verifier.timeout_s, verifier.workers, verifier.answer_after_think, truncated_is_wrong
+        )
         self.seed = seed
         self.tokenizer: PreTrainedTokenizerBase | None = None
-        self.train_stream: RolloutStream | None = None
-        self.val_streams: list[ValidationStream] = []
-        self.dropped_prompts: dict[str, int] = {}
+        self.collector: RolloutCollector | None = None
+        self._pending_state: dict[str, Any] | None = None
+        self._rank, self._world = 0, 1
 
     @property
     def val_names(self) -> list[str]:
@@ -125,11 +86,8 @@ class RolloutDataModule(LightningDataModule):
 
     def _tokenize(self, spec: DatasetSpec, name: str) -> list[TokenizedPrompt]:
         loaded = load_dataset_spec(spec, name)
-        prompts, dropped = tokenize_prompts(
-            loaded.records, self.tokenizer, self.max_prompt_length, self.prompt_suffix, name
-        )
-        self.dropped_prompts[name] = dropped
-        return prompts
+        fmt = self.prompt_format
+        return tokenize_prompts(loaded.records, self.tokenizer, fmt.max_length, fmt.suffix, name)
 
     @override
     def setup(self, stage: str) -> None:
@@ -139,54 +97,73 @@ class RolloutDataModule(LightningDataModule):
                     "RolloutDataModule needs a tokenizer: use it with RealPolicyModule or call attach_tokenizer()"
                 )
             self.tokenizer = self.trainer.lightning_module.tokenizer
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        if stage == "fit" and self.train_stream is None:
-            self.train_stream = RolloutStream(
-                self._tokenize(self.train_spec, "train"),
-                self.engine,
-                self.scorer,
-                self.prompts_per_rollout,
-                self.rollouts_per_prompt,
-                self.prompts_per_minibatch,
-                self.ppo_epochs,
-                self.dynamic_sampling,
-                self.max_sampling_rounds,
-                self.recompute_old_logprobs,
-                self.seed,
-                rank,
-                world,
+        if self.trainer is not None:
+            self._rank, self._world = self.trainer.global_rank, self.trainer.world_size
+        if self.collector is None:
+            self.collector = RolloutCollector(
+                prompts=[],
+                engine=self.engine,
+                scorer=self.scorer,
+                schedule=self.schedule,
+                order=None,
+                seed=self.seed,
+                rank=self._rank,
+                world_size=self._world,
+                val_prompts={name: self._tokenize(spec, name) for name, spec in self.val_specs.items()},
+                val_engine=self.val_engine,
+                val_samples=self.validation.samples,
             )
-        if not self.val_streams and self.val_specs:
-            self.val_streams = [
-                ValidationStream(
-                    name,
-                    self._tokenize(spec, name),
-                    self.val_engine,
-                    self.scorer,
-                    self.val_samples,
-                    self.val_prompts_per_batch,
-                    self.seed,
-                )
-                for name, spec in self.val_specs.items()
-            ]
+        if stage == "fit" and not self.collector.prompts:
+            self.schedule.check_world_size(self._world)
+            self.collector.prompts = self._tokenize(self.train_spec, "train")
+            self.collector.order = PromptOrder(len(self.collector.prompts), self.seed)
+        if self._pending_state is not None:
+            self.collector.load_state_dict(self._pending_state)
+            self._pending_state = None
 
     @override
     def train_dataloader(self) -> DataLoader:
-        return _loader(self.train_stream)
+        assert self.collector is not None and self.collector.order is not None, "setup('fit') first"
+        requests = RolloutRequests(
+            self.collector.order, self.schedule, self.seed, self._rank, self._world, start=self.collector.next_step
+        )
+        return _loader(requests)
 
     @override
     def val_dataloader(self) -> list[DataLoader]:
-        return [_loader(stream) for stream in self.val_streams]
+        assert self.collector is not None, "setup() first"
+        return [
+            _loader(
+                ValidationRequests(
+                    name, len(prompts), self.validation.prompts_per_batch, self.seed, self._rank, self._world
+                )
+            )
+            for name, prompts in self.collector.val_prompts.items()
+        ]
 
     @override
     def test_dataloader(self) -> list[DataLoader]:
         return self.val_dataloader()
 
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The collector's data position and rollout batch in flight (every rank's; a collective)."""
+        return {"collector": self.collector.state_dict()} if self.collector is not None else {}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "collector" not in state_dict:
+            return
+        if self.collector is None:  # restored before setup: apply once the collector exists
+            self._pending_state = state_dict["collector"]
+        else:
+            self.collector.load_state_dict(state_dict["collector"])
+
+
+def _loader(requests: object) -> DataLoader:
+    """Requests pass through one at a time, in the main process (they are resolved inside the step)."""
+    return DataLoader(requests, batch_size=None, num_workers=0, collate_fn=_identity)
+
 
 def _identity(item: object) -> object:
     return item
-
-
-def _loader(dataset: object, collate: Callable[[object], object] = _identity) -> DataLoader:
-    """Tickets pass through unbatched, in the main process (they resolve against the live policy)."""
-    return DataLoader(dataset, batch_size=None, num_workers=0, collate_fn=collate)

@@ -38,8 +38,8 @@ def prompt_text(record: PromptRecord, tokenizer: PreTrainedTokenizerBase, suffix
 
 def tokenize_prompts(
     records: list[PromptRecord], tokenizer: PreTrainedTokenizerBase, max_length: int, suffix: str = "", name: str = ""
-) -> tuple[list[TokenizedPrompt], int]:
-    """Tokenize; prompts longer than ``max_length`` tokens are dropped and counted. Returns (kept, dropped)."""
+) -> list[TokenizedPrompt]:
+    """Tokenize; prompts longer than ``max_length`` tokens are dropped, with a warning that counts them."""
     kept, dropped = [], 0
     for record in records:
         text, templated = prompt_text(record, tokenizer, suffix)
@@ -51,5 +51,5 @@ def tokenize_prompts(
     if dropped:
         log.warning("%s: dropped %d of %d prompts longer than %d tokens", name, dropped, len(records), max_length)
     if not kept:
-        raise ValueError(f"{name}: every prompt is longer than max_prompt_length={max_length}")
-    return kept, dropped
+        raise ValueError(f"{name}: every prompt is longer than prompts.max_length={max_length}")
+    return kept

@@ -2,10 +2,13 @@
 
 Every entry of :data:`LOSSES` has the signature::
 
-    fn(*, logprobs, old_logprobs, response_mask, rewards, group_ids, **hparams) -> LossOutput
+    fn(*, logprobs, old_logprobs, response_mask, rewards, group_ids, counts=None, **hparams) -> LossOutput
 
 with ``logprobs``/``old_logprobs``/``response_mask`` [B, T], ``rewards`` and ``group_ids`` [B];
-a call without hyper-parameters uses the paper's setting.
+a call without hyper-parameters uses the paper's setting. ``counts`` (:class:`BatchCounts`) are
+the counts of the whole optimizer step the batch belongs to; each loss divides by the one in its
+unit, so micro-batches of whole groups add up to the step's loss and gradient (``None``: the
+batch is the step).
 
 Example:
     >>> import torch
@@ -23,8 +26,8 @@ from typing import Protocol
 
 from torch import Tensor
 
-from real_lightning.losses.common import LossOutput
-from real_lightning.losses.groups import build_groups
+from real_lightning.groups import build_groups
+from real_lightning.losses.common import BatchCounts, LossOutput
 from real_lightning.losses.policy_gradient import (
     CLIP_RANGES,
     dapo_loss,
@@ -55,6 +58,7 @@ class LossFn(Protocol):
         response_mask: Tensor,
         rewards: Tensor,
         group_ids: Tensor,
+        counts: BatchCounts | None = None,
         **hparams: float | bool,
     ) -> LossOutput: ...
 
@@ -75,6 +79,7 @@ LOSSES: Registry[LossFn] = Registry(
 __all__ = [
     "CLIP_RANGES",
     "LOSSES",
+    "BatchCounts",
     "LossFn",
     "LossOutput",
     "build_groups",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
 
-from real_lightning.losses.groups import Groups, build_groups
+from real_lightning.dtypes import compute_dtype
+from real_lightning.groups import Groups, build_groups, group_index_no_sync, segment_amax
 
 
 @dataclass
@@ -26,8 +27,10 @@ class LossOutput:
               Units: per group for ``real`` and ``real_product`` (bounded by 1/τ), per rollout
               for ``real_bce``, per sequence for ``grpo``, ``dapo`` and ``gspo``. 0 for an empty
               response (s_i is then the constant 0).
-            - ``weight_normalizer`` []: Z, the count the batch loss is divided by (groups,
-              contrast rollouts, or sequences).
+            - ``weight_normalizer`` []: Z, the step's count in the loss's unit (the batch's
+              own without ``counts``): groups for ``real``/``real_product``, contrast rollouts for
+              ``real_bce``, sequences for ``grpo``, ``dapo`` and ``gspo``. With the step's
+              :class:`BatchCounts` the weights do not depend on how the step is split.
             - ``labels`` [B] long: 1 positive, 0 negative, -1 in a group without label contrast.
             - ``contrast_fraction`` []: fraction of groups whose rewards are not all equal.
             - ``num_groups`` []: number of groups in the batch.
@@ -44,9 +47,94 @@ class LossOutput:
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Losses run in float32 at least: bfloat16/float16 inputs are promoted, float64 is kept."""
-    return torch.promote_types(dtype, torch.float32)
+Count = float | Tensor
+"""A count: a Python number or a 0-dim tensor."""
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    """The normalisers of the losses, counted over a whole optimizer step.
+
+    An optimizer step may run as several micro-batches on several ranks; its gradient must not
+    depend on that split. So every loss takes ``counts=``, the counts over the whole step (all
+    micro-batches, all ranks), and divides by the one in its unit. Micro-batches hold whole
+    groups, so the sum of the per-micro-batch counts (:meth:`of`) is the step's counts: add them
+    (``sum(parts)`` works), or stack each with :meth:`as_tensor`, all-reduce (sum) one tensor
+    over the ranks and read it back with :meth:`from_tensor`. DDP/FSDP average the gradients over
+    the ranks; with counts summed over the ranks, scale each rank's loss by the world size so
+    the average is not divided twice.
+
+    Attributes:
+        groups: distinct group ids (prompts); ``real`` and ``real_product`` divide by it.
+        contrast_rollouts: rollouts in groups whose rewards are not all equal; ``real_bce``.
+        sequences: rollouts; ``grpo`` and ``gspo`` (and every GRPO-family ``weight_normalizer``).
+        tokens: response tokens; ``dapo``.
+
+    Example:
+        >>> import torch
+        >>> mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 1]])
+        >>> part = BatchCounts.of(mask[:2], torch.tensor([1.0, 0.0]), torch.tensor([5, 5]))
+        >>> rest = BatchCounts.of(mask[2:], torch.tensor([1.0, 1.0]), torch.tensor([9, 9]))
+        >>> (part + rest).as_tensor().tolist()  # groups, contrast_rollouts, sequences, tokens
+        [2.0, 2.0, 4.0, 9.0]
+    """
+
+    groups: Count
+    contrast_rollouts: Count
+    sequences: Count
+    tokens: Count
+
+    @classmethod
+    def of(cls, response_mask: Tensor, rewards: Tensor, group_ids: Tensor) -> BatchCounts:
+        """The counts of one batch (arguments as in the losses) as 0-dim float64 tensors, without a host sync."""
+        if response_mask.dim() != 2:
+            raise ValueError(f"response_mask must be [B, T], got shape {tuple(response_mask.shape)}")
+        batch = response_mask.shape[0]
+        for name, tensor in (("rewards", rewards), ("group_ids", group_ids)):
+            if tensor.shape != (batch,):
+                raise ValueError(f"{name} must be [B] = [{batch}], got shape {tuple(tensor.shape)}")
+        index, num_groups = group_index_no_sync(group_ids)
+        values = rewards.detach().to(compute_dtype(rewards.dtype))
+        group_max = segment_amax(values, index, batch, float("-inf"))  # B segments: G ≤ B, the rest stay empty
+        group_min = -segment_amax(-values, index, batch, float("-inf"))
+        contrast = (group_max > group_min)[index]
+        f64 = torch.float64
+        return cls(
+            groups=num_groups.to(f64),
+            contrast_rollouts=contrast.sum().to(f64),
+            sequences=torch.full((), batch, dtype=f64, device=rewards.device),  # a fill, not a host copy
+            tokens=as_bool_mask(response_mask).sum().to(f64),
+        )
+
+    def as_tensor(self, device: torch.device | str | None = None) -> Tensor:
+        """[4] float64 (groups, contrast_rollouts, sequences, tokens), on ``device`` (default: a field's, else CPU)."""
+        values = [getattr(self, f.name) for f in fields(self)]
+        if device is None:
+            device = next((v.device for v in values if isinstance(v, Tensor)), None)
+        as_count = [torch.as_tensor(v, dtype=torch.float64, device=device).detach().reshape(()) for v in values]
+        return torch.stack(as_count)
+
+    @classmethod
+    def from_tensor(cls, counts: Tensor) -> BatchCounts:
+        """Inverse of :meth:`as_tensor`: fields are the 0-dim entries of a [4] tensor."""
+        if counts.shape != (len(fields(cls)),):
+            raise ValueError(f"counts must be a [{len(fields(cls))}] tensor, got shape {tuple(counts.shape)}")
+        return cls(*counts.unbind(0))
+
+    def __add__(self, other: BatchCounts) -> BatchCounts:
+        if not isinstance(other, BatchCounts):
+            return NotImplemented
+        return BatchCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def __radd__(self, other: object) -> BatchCounts:
+        if isinstance(other, int) and other == 0:  # sum(parts) starts from 0
+            return self
+        return NotImplemented
+
+
+def step_normalizer(count: Count, like: Tensor) -> Tensor:
+    """A step count as a 0-dim constant of ``like``'s dtype and device, at least 1."""
+    return torch.as_tensor(count, dtype=like.dtype, device=like.device).detach().clamp_min(1)
 
 
 def check_inputs(

@@ -12,6 +12,9 @@ grpo   per token                0.2, 0.2           mean over tokens, then over s
 dapo   per token                0.2, 0.28          mean over all tokens of the batch
 gspo   per sequence, exp(s_i)   3e-4, 4e-4         mean over sequences
 ====== ======================== ================== ====================================
+
+"The batch" is the optimizer step: with ``counts=`` (:class:`~real_lightning.losses.common.BatchCounts`)
+a micro-batch divides by the step's sequences (grpo, gspo) or tokens (dapo).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from real_lightning.losses.common import LossOutput, PreparedBatch, base_metrics, prepare
-from real_lightning.losses.groups import Groups, build_groups, segment_sum
+from real_lightning.groups import Groups, build_groups, segment_sum
+from real_lightning.losses.common import BatchCounts, LossOutput, PreparedBatch, base_metrics, prepare, step_normalizer
 
 Variant = Literal["grpo", "dapo", "gspo"]
 CLIP_RANGES: dict[str, tuple[float, float]] = {"grpo": (0.2, 0.2), "dapo": (0.2, 0.28), "gspo": (3e-4, 4e-4)}
@@ -99,27 +102,49 @@ def _terms(batch: PreparedBatch, variant: Variant, clip_low: float, clip_high: f
     return _PGTerms(value_sum, active_sum.detach(), n_high, n_low)
 
 
-def _aggregate(row_objective: Tensor, batch: PreparedBatch, variant: Variant) -> Tensor:
-    """Scalar batch loss from each row's summed objective A_i·value_sum_i [B]."""
+@dataclass(frozen=True)
+class _StepCounts:
+    """The step's sequences and tokens as 0-dim constants of the compute dtype (from ``counts=``)."""
+
+    sequences: Tensor
+    tokens: Tensor
+
+    @classmethod
+    def of(cls, counts: BatchCounts | None, batch: PreparedBatch) -> _StepCounts | None:
+        if counts is None:
+            return None
+        like = batch.lengths
+        return cls(step_normalizer(counts.sequences, like), step_normalizer(counts.tokens, like))
+
+
+def _aggregate(row_objective: Tensor, batch: PreparedBatch, variant: Variant, step: _StepCounts | None) -> Tensor:
+    """Scalar loss from each row's summed objective A_i·value_sum_i [B]; ``step=None``: the batch's own means."""
     if variant == "gspo":
-        return -row_objective.mean()
+        return -row_objective.mean() if step is None else -row_objective.sum() / step.sequences
     if variant == "grpo":
-        return -(row_objective / batch.lengths).mean()
-    return -row_objective.sum() / batch.mask.sum().clamp_min(1)  # dapo: token-mean over the batch
+        per_sequence = row_objective / batch.lengths
+        return -per_sequence.mean() if step is None else -per_sequence.sum() / step.sequences
+    tokens = batch.mask.sum().clamp_min(1) if step is None else step.tokens
+    return -row_objective.sum() / tokens  # dapo: token-mean over the step
 
 
-def _closed_form_weights(terms: _PGTerms, adv: Tensor, batch: PreparedBatch, variant: Variant) -> Tensor:
-    """[B] B·Σ_t ∂loss/∂logprobs[i, t]: the effective per-sequence weight on s_i, from the formula.
+def _closed_form_weights(
+    terms: _PGTerms, adv: Tensor, batch: PreparedBatch, variant: Variant, step: _StepCounts | None
+) -> Tensor:
+    """[B] N·Σ_t ∂loss/∂logprobs[i, t] (N sequences in the step): the effective weight on s_i, from the formula.
 
     Per token ∂(−min(ρA, clip(ρ)A))/∂log π = −Aρ where the clip is inactive, 0 where it is active;
-    for GSPO ∂ρ/∂s = ρ. So the weight is −A_i·Σ_active ρ times the aggregation's factor.
+    for GSPO ∂ρ/∂s = ρ. So the weight is −A_i·Σ_active ρ times the aggregation's factor
+    (1/|o_i| for GRPO, N/N_tok for DAPO).
     """
     signal = -adv * terms.active_ratio_sum
     if variant == "gspo":
         return signal
     if variant == "grpo":
         return signal / batch.lengths
-    return signal * batch.mask.shape[0] / batch.mask.sum().clamp_min(1)
+    if step is None:
+        return signal * batch.mask.shape[0] / batch.mask.sum().clamp_min(1)
+    return signal * step.sequences / step.tokens
 
 
 def _pg_loss(
@@ -133,14 +158,17 @@ def _pg_loss(
     clip_high: float,
     adv_eps: float,
     scale_adv_by_std: bool,
+    counts: BatchCounts | None,
 ) -> LossOutput:
     if clip_low < 0 or clip_high < 0:
         raise ValueError(f"clip_low and clip_high must be >= 0, got {clip_low}, {clip_high}")
     batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids)
+    step = _StepCounts.of(counts, batch)
     adv = group_advantages(batch.rewards, batch.groups, adv_eps, scale_adv_by_std)
     terms = _terms(batch, variant, clip_low, clip_high, adv)
-    loss = _aggregate(adv * terms.value_sum, batch, variant)
-    metrics = base_metrics(batch, _closed_form_weights(terms, adv, batch, variant), batch.mask.shape[0])
+    loss = _aggregate(adv * terms.value_sum, batch, variant, step)
+    normalizer = batch.mask.shape[0] if step is None else step.sequences
+    metrics = base_metrics(batch, _closed_form_weights(terms, adv, batch, variant, step), normalizer)
     metrics["advantages"] = adv
     units = batch.mask.shape[0] if variant == "gspo" else batch.mask.sum().clamp_min(1)  # sequences or tokens
     metrics["clip_fraction_high"] = terms.clip_high.sum() / units
@@ -161,12 +189,14 @@ def pg_gradient_weights(
     clip_high: float | None = None,
     adv_eps: float = DEFAULT_ADV_EPS,
     scale_adv_by_std: bool = True,
+    counts: BatchCounts | None = None,
 ) -> Tensor:
-    """Closed-form effective per-rollout weights [B] of a GRPO-family loss, B·Σ_t ∂loss/∂logprobs[i, t].
+    """Closed-form effective per-rollout weights [B] of a GRPO-family loss, N·Σ_t ∂loss/∂logprobs[i, t].
 
-    grpo: −A_i·mean_t(ρ_t·[unclipped]); dapo: −A_i·(B/N_tok)·Σ_t ρ_t·[unclipped]; gspo: −A_i·e^{s_i}·[unclipped].
-    On-policy (ρ = 1) GRPO's weight is −A_i, whatever the rollout's probability. Clip ranges
-    default to the variant's (:data:`CLIP_RANGES`).
+    grpo: −A_i·mean_t(ρ_t·[unclipped]); dapo: −A_i·(N/N_tok)·Σ_t ρ_t·[unclipped]; gspo: −A_i·e^{s_i}·[unclipped].
+    N and N_tok are the sequences and response tokens of the step (``counts``; ``None``: of this
+    batch), so only DAPO's weight depends on them. On-policy (ρ = 1) GRPO's weight is −A_i,
+    whatever the rollout's probability. Clip ranges default to the variant's (:data:`CLIP_RANGES`).
     """
     default_low, default_high = CLIP_RANGES[variant]
     clip_low = default_low if clip_low is None else clip_low
@@ -174,7 +204,8 @@ def pg_gradient_weights(
     with torch.no_grad():
         batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids)
         adv = group_advantages(batch.rewards, batch.groups, adv_eps, scale_adv_by_std)
-        return _closed_form_weights(_terms(batch, variant, clip_low, clip_high, adv), adv, batch, variant)
+        terms = _terms(batch, variant, clip_low, clip_high, adv)
+        return _closed_form_weights(terms, adv, batch, variant, _StepCounts.of(counts, batch))
 
 
 def grpo_loss(
@@ -188,6 +219,7 @@ def grpo_loss(
     clip_high: float = 0.2,
     adv_eps: float = DEFAULT_ADV_EPS,
     scale_adv_by_std: bool = True,
+    counts: BatchCounts | None = None,
 ) -> LossOutput:
     """GRPO: token-level PPO clip, mean over each sequence's tokens, then over sequences.
 
@@ -198,6 +230,8 @@ def grpo_loss(
         clip_high: ε_high, the ratio is clipped above at 1 + ε_high for positive advantages.
         adv_eps: added to the group std in the advantage's denominator.
         scale_adv_by_std: divide the centred reward by the group std (False: Dr. GRPO).
+        counts: the optimizer step's counts (:class:`~real_lightning.losses.common.BatchCounts`);
+            the sum over sequences is divided by ``counts.sequences``. ``None``: this batch's.
     """
     return _pg_loss(
         "grpo",
@@ -210,6 +244,7 @@ def grpo_loss(
         clip_high,
         adv_eps,
         scale_adv_by_std,
+        counts,
     )
 
 
@@ -224,8 +259,9 @@ def dapo_loss(
     clip_high: float = 0.28,
     adv_eps: float = DEFAULT_ADV_EPS,
     scale_adv_by_std: bool = True,
+    counts: BatchCounts | None = None,
 ) -> LossOutput:
-    """DAPO: clip-higher (ε_low 0.2, ε_high 0.28) and a token-mean over the whole batch.
+    """DAPO: clip-higher (ε_low 0.2, ε_high 0.28) and a token-mean over the whole step (``counts.tokens``).
 
     Dynamic sampling (dropping groups whose rewards are all equal) happens in the data pipeline;
     such groups have zero advantage here. Arguments as in :func:`grpo_loss`.
@@ -241,6 +277,7 @@ def dapo_loss(
         clip_high,
         adv_eps,
         scale_adv_by_std,
+        counts,
     )
 
 
@@ -255,8 +292,9 @@ def gspo_loss(
     clip_high: float = 4e-4,
     adv_eps: float = DEFAULT_ADV_EPS,
     scale_adv_by_std: bool = True,
+    counts: BatchCounts | None = None,
 ) -> LossOutput:
-    """GSPO: sequence-level ratio exp(s_i) = exp(mean_t log-ratio), clip 3e-4/4e-4, mean over sequences.
+    """GSPO: sequence-level ratio exp(s_i) = exp(mean_t log-ratio), clip 3e-4/4e-4, mean over the step's sequences.
 
     Arguments as in :func:`grpo_loss`; ``clip_fraction`` counts sequences, not tokens.
     """
@@ -271,4 +309,5 @@ def gspo_loss(
         clip_high,
         adv_eps,
         scale_adv_by_std,
+        counts,
     )

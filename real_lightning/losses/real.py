@@ -12,8 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from real_lightning.losses.common import LossOutput, base_metrics, check_positive, prepare
-from real_lightning.losses.groups import Groups, build_groups, segment_logsumexp
+from real_lightning.groups import Groups, build_groups, segment_logsumexp
+from real_lightning.losses.common import (
+    BatchCounts,
+    LossOutput,
+    base_metrics,
+    check_positive,
+    prepare,
+    step_normalizer,
+)
 
 DEFAULT_TAU = 0.5
 """The paper's temperature τ."""
@@ -61,6 +68,7 @@ def real_loss(
     rewards: Tensor,
     group_ids: Tensor,
     tau: float = DEFAULT_TAU,
+    counts: BatchCounts | None = None,
 ) -> LossOutput:
     """REAL: per group L_q = log(1 + Σ_{O+} e^{−s_i/τ}) + log(1 + Σ_{O−} e^{s_j/τ}); loss = Σ_q L_q / G.
 
@@ -71,16 +79,20 @@ def real_loss(
         rewards: [B] verifiable rewards.
         group_ids: [B] integer ids, shared by the rollouts of one prompt.
         tau: temperature τ > 0 (paper: 0.5).
+        counts: the optimizer step's counts (:class:`~real_lightning.losses.common.BatchCounts`);
+            ``None``: this batch's.
 
-    G counts every group in the batch, with or without contrast. No ratio clipping: the weights
-    are bounded by 1/τ (:func:`real_gradient_weights`).
+    G = ``counts.groups`` counts every group of the step, with or without contrast, so the losses
+    of micro-batches of whole groups add up to the step's. No ratio clipping: the weights are
+    bounded by 1/τ (:func:`real_gradient_weights`).
     """
     check_positive(tau=tau)
     batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids)
     scores, groups = batch.scores, batch.groups
     pos_lse, neg_lse = _label_logsumexps(scores / tau, groups, anchor=True)
-    loss = (pos_lse + neg_lse).sum() / groups.num_groups  # groups without contrast have both terms = log 1 = 0
-    return LossOutput(loss, base_metrics(batch, _real_weights(scores, groups, tau), groups.num_groups))
+    normalizer = groups.num_groups if counts is None else step_normalizer(counts.groups, scores)
+    loss = (pos_lse + neg_lse).sum() / normalizer  # groups without contrast have both terms = log 1 = 0
+    return LossOutput(loss, base_metrics(batch, _real_weights(scores, groups, tau), normalizer))
 
 
 def _bce_weights(scores: Tensor, groups: Groups, tau: float) -> Tensor:
@@ -106,10 +118,12 @@ def real_bce_loss(
     rewards: Tensor,
     group_ids: Tensor,
     tau: float = DEFAULT_TAU,
+    counts: BatchCounts | None = None,
 ) -> LossOutput:
     """REAL-BCE: binary cross-entropy with logit s_i/τ and label y_i = [reward_i is the group's best].
 
-    The mean runs over the N_c rollouts of groups with a label contrast (loss 0 when N_c = 0).
+    The sum runs over the rollouts of groups with a label contrast and is divided by N_c, their
+    number in the step (``counts.contrast_rollouts``, at least 1; loss 0 when there are none).
     Arguments as in :func:`real_loss`.
     """
     check_positive(tau=tau)
@@ -117,7 +131,10 @@ def real_bce_loss(
     scores, groups = batch.scores, batch.groups
     counted = groups.labels >= 0
     per_rollout = F.binary_cross_entropy_with_logits(scores / tau, groups.positive.to(scores.dtype), reduction="none")
-    normalizer = counted.sum().clamp_min(1)
+    if counts is None:
+        normalizer = counted.sum().clamp_min(1)
+    else:
+        normalizer = step_normalizer(counts.contrast_rollouts, scores)
     loss = torch.where(counted, per_rollout, torch.zeros_like(per_rollout)).sum() / normalizer
     return LossOutput(loss, base_metrics(batch, _bce_weights(scores, groups, tau), normalizer))
 
@@ -151,11 +168,12 @@ def real_product_loss(
     rewards: Tensor,
     group_ids: Tensor,
     tau: float = DEFAULT_TAU,
+    counts: BatchCounts | None = None,
 ) -> LossOutput:
     """REAL product (circle-loss) form: L_q = softplus(logsumexp_{O−}(s/τ) + logsumexp_{O+}(−s/τ)).
 
-    Summed over groups with a contrast and divided by the number of groups G. Arguments as in
-    :func:`real_loss`.
+    Summed over groups with a contrast and divided by the number of groups G of the step
+    (``counts.groups``). Arguments as in :func:`real_loss`.
     """
     check_positive(tau=tau)
     batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids)
@@ -163,5 +181,6 @@ def real_product_loss(
     pos_lse, neg_lse = _label_logsumexps(scores / tau, groups, anchor=False)
     u = pos_lse + neg_lse
     per_group = torch.logaddexp(u, torch.zeros_like(u))  # softplus without F.softplus's linear cut-off at 20
-    loss = torch.where(groups.contrast, per_group, torch.zeros_like(per_group)).sum() / groups.num_groups
-    return LossOutput(loss, base_metrics(batch, _product_weights(scores, groups, tau), groups.num_groups))
+    normalizer = groups.num_groups if counts is None else step_normalizer(counts.groups, scores)
+    loss = torch.where(groups.contrast, per_group, torch.zeros_like(per_group)).sum() / normalizer
+    return LossOutput(loss, base_metrics(batch, _product_weights(scores, groups, tau), normalizer))

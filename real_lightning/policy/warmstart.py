@@ -24,7 +24,7 @@ from real_lightning.data.records import PromptRecord
 from real_lightning.policy.loading import TINY_POLICY_DIR
 from real_lightning.policy.tiny import build_char_tokenizer, tiny_qwen2_config
 from real_lightning.rollout.hf import HFEngine
-from real_lightning.verifiers import score_batch
+from real_lightning.rollout.scoring import Scorer
 
 
 def sft_batch(
@@ -56,11 +56,11 @@ def pass_at_1(
 ) -> float:
     """Mean correctness over ``samples`` responses per prompt at temperature 1.0."""
     engine = HFEngine(max_new_tokens=max_new_tokens, temperature=1.0)
-    generation = engine.generate(policy, tokenizer, [tokenizer(r.prompt).input_ids for r in records], samples, seed)
+    engine.setup(policy, tokenizer)
+    generation = engine.generate([tokenizer(r.prompt).input_ids for r in records], samples, seed)
     truths = [r.ground_truth for r in records for _ in range(samples)]
-    rewards = score_batch(generation.texts, truths, num_workers=1).rewards
-    rewards = [0.0 if cut else r for r, cut in zip(rewards, generation.truncated.tolist(), strict=True)]
-    return sum(rewards) / len(rewards)
+    rewards = Scorer(num_workers=1, truncated_is_wrong=True).score(generation.texts, truths, generation.truncated)
+    return float(rewards.rewards.mean())
 
 
 def warm_start(

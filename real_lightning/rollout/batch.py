@@ -1,16 +1,28 @@
-"""Typed rollout records: what generation produced and what the loss consumes."""
+"""Typed rollout records: what generation produced and what the loss consumes, and how they are split.
+
+A :class:`RolloutBatch` is split into mini-batches (one optimizer step each) and micro-batches (one
+forward/backward each) of *whole groups*: the group-wise losses need every rollout of a prompt together.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
+from real_lightning.rollout.packing import pack_groups
+
+_PROMPT_ALIGNED = ("input_ids", "attention_mask")
+"""[B, Lp + T] fields: left-padded prompts followed by right-padded responses."""
+_RESPONSE_ALIGNED = ("response_mask", "old_logprobs", "behaviour_logprobs")
+"""[B, T] fields aligned with the response tokens (right-padded)."""
+
 
 @dataclass
 class RolloutBatch:
-    """B = P·n rollouts: prompts (left-padded) followed by responses (right-padded).
+    """B rollouts: prompts (left-padded) followed by responses (right-padded).
 
     Attributes:
         input_ids: [B, Lp + T] long, prompt tokens then response tokens.
@@ -19,12 +31,14 @@ class RolloutBatch:
             to the end of a stop string, or all T for a truncated response.
         prompt_length: Lp, the column where responses start.
         rewards: [B] float32 verifiable rewards.
-        group_ids: [B] long, one id per prompt of this rollout batch (rollouts of a prompt share it).
+        group_ids: [B] long, one id per prompt of the rollout batch (rollouts of a prompt share it).
         prompt_ids: [B] long, the prompt's row index in its dataset.
         truncated: [B] bool, the response hit the length limit without EOS or stop string.
         temperature: sampling temperature; log-probs for the loss use the same.
-        old_logprobs: [B, T] float32 log π_old of the response tokens, or None when the update is
-            exactly on-policy (one mini-batch, one epoch) and π_old = π_θ.detach() at the update.
+        policy_version: the optimizer step whose weights sampled the batch (the engine's version).
+        old_logprobs: [B, T] float32 log π_old of the response tokens, or None while not computed
+            (and never, when the update is exactly on-policy: π_old = π_θ.detach()).
+        behaviour_logprobs: [B, T] float32 log-probs the engine sampled with, when it reports them.
         responses: decoded responses (for sample tables), or empty.
         ground_truths: reference answers, or empty.
         stats: scalars about how the batch was made (seconds per phase, verifier counts), for logging.
@@ -39,7 +53,9 @@ class RolloutBatch:
     prompt_ids: Tensor
     truncated: Tensor
     temperature: float
+    policy_version: int = 0
     old_logprobs: Tensor | None = None
+    behaviour_logprobs: Tensor | None = None
     responses: list[str] = field(default_factory=list)
     ground_truths: list[str] = field(default_factory=list)
     stats: dict[str, float] = field(default_factory=dict)
@@ -61,17 +77,14 @@ class RolloutBatch:
     def num_groups(self) -> int:
         return int(torch.unique(self.group_ids).numel())
 
+    @property
+    def padded_tokens(self) -> int:
+        """B·(Lp + T): the positions one forward pass over the batch computes."""
+        return self.input_ids.numel()
+
     def select(self, rows: Tensor) -> RolloutBatch:
         """The rollouts at ``rows`` (a [k] long index), trimmed to their own padding."""
-        index = rows.tolist()
-        tensors = {
-            f.name: getattr(self, f.name)[rows] for f in fields(self) if isinstance(getattr(self, f.name), Tensor)
-        }
-        lists = {
-            name: [getattr(self, name)[i] for i in index] if getattr(self, name) else []
-            for name in ("responses", "ground_truths")
-        }
-        return replace(self, **tensors, **lists, stats=dict(self.stats)).trimmed()
+        return select_rows(self, rows)
 
     def trimmed(self) -> RolloutBatch:
         """Drop prompt columns that are padding in every row and response columns past the longest response."""
@@ -81,14 +94,9 @@ class RolloutBatch:
         first = int(prompt_real.float().argmax()) if bool(prompt_real.any()) else self.prompt_length
         last = int(self.response_lengths.max())
         end = self.prompt_length + last
-        return replace(
-            self,
-            input_ids=self.input_ids[:, first:end],
-            attention_mask=self.attention_mask[:, first:end],
-            response_mask=self.response_mask[:, :last],
-            old_logprobs=None if self.old_logprobs is None else self.old_logprobs[:, :last],
-            prompt_length=self.prompt_length - first,
-        )
+        cut = {name: getattr(self, name)[:, first:end] for name in _PROMPT_ALIGNED}
+        cut.update({name: t[:, :last] for name in _RESPONSE_ALIGNED if (t := getattr(self, name)) is not None})
+        return replace(self, **cut, prompt_length=self.prompt_length - first)
 
     def to(self, device: torch.device | str) -> RolloutBatch:
         tensors = {
@@ -96,16 +104,54 @@ class RolloutBatch:
         }
         return replace(self, **tensors)
 
+    def groups_in_order(self) -> Tensor:
+        """[G] distinct group ids in order of first appearance."""
+        unique, inverse = torch.unique(self.group_ids, return_inverse=True)
+        first = torch.full((unique.numel(),), len(self), dtype=torch.long)
+        first.scatter_reduce_(0, inverse, torch.arange(len(self)), reduce="amin")
+        return unique[torch.argsort(first)]
+
+    def take_groups(self, group_ids: Tensor) -> RolloutBatch:
+        """The rollouts of the given groups, in the order the ids are given."""
+        if group_ids.numel() == 0:
+            return self.select(torch.zeros(0, dtype=torch.long))
+        position = torch.full((int(self.group_ids.max()) + 1,), -1, dtype=torch.long)
+        position[group_ids] = torch.arange(group_ids.numel())
+        rank = position[self.group_ids]
+        keep = torch.nonzero(rank >= 0).flatten()
+        return self.select(keep[torch.argsort(rank[keep], stable=True)])
+
     def minibatches(self, groups_per_minibatch: int, generator: torch.Generator | None = None) -> list[RolloutBatch]:
-        """Split into mini-batches of whole groups (shuffled group order); never splits a group."""
+        """Split into mini-batches of whole groups (group order shuffled by ``generator``); never splits a group."""
         unique = torch.unique(self.group_ids)
         order = unique[torch.randperm(unique.numel(), generator=generator)]
-        out = []
-        for start in range(0, order.numel(), groups_per_minibatch):
-            chosen = order[start : start + groups_per_minibatch]
-            rows = torch.nonzero(torch.isin(self.group_ids, chosen)).flatten()
-            out.append(self.select(rows))
-        return out
+        return [
+            self.take_groups(order[start : start + groups_per_minibatch])
+            for start in range(0, order.numel(), groups_per_minibatch)
+        ]
+
+    def micro_batches(self, max_tokens: int | None = None, max_sequences: int | None = None) -> list[RolloutBatch]:
+        """Split into micro-batches of whole groups (see :meth:`micro_batch_rows`)."""
+        return [self.select(rows) for rows in self.micro_batch_rows(max_tokens, max_sequences)]
+
+    def micro_batch_rows(self, max_tokens: int | None = None, max_sequences: int | None = None) -> list[Tensor]:
+        """Row indices of micro-batches of whole groups, each within the budgets where a group allows.
+
+        ``max_tokens`` bounds the padded positions B·(Lp + T) of a micro-batch and ``max_sequences`` its
+        rows; a group larger than a budget forms a micro-batch of its own. Groups are packed longest
+        first (less padding). None for both: one micro-batch of every row.
+        """
+        if len(self) == 0:
+            return []
+        if max_tokens is None and max_sequences is None:
+            return [torch.arange(len(self))]
+        order = self.groups_in_order().tolist()
+        prompt_real = self.attention_mask[:, : self.prompt_length].sum(-1)
+        rows = [torch.nonzero(self.group_ids == g).flatten() for g in order]
+        prompts = [int(prompt_real[r].max()) for r in rows]
+        responses = [int(self.response_lengths[r].max()) for r in rows]
+        bins = pack_groups([len(r) for r in rows], prompts, responses, max_tokens, max_sequences)
+        return [torch.cat([rows[g] for g in b]) for b in bins]
 
 
 @dataclass
@@ -117,48 +163,69 @@ class ValidationRollouts:
         correct: [P, k] bool, sample j of prompt p is correct.
         response_lengths: [P, k] long.
         truncated: [P, k] bool.
-        prompt_ids: [P] long, row indices in the validation set.
     """
 
     dataset: str
     correct: Tensor
     response_lengths: Tensor
     truncated: Tensor
-    prompt_ids: Tensor
+
+
+Rows = TypeVar("Rows")
+
+
+def select_rows(item: Rows, rows: Tensor) -> Rows:
+    """Rows of a dataclass of per-row tensors and lists (RolloutBatch, Generation), trimmed to their padding."""
+    index = rows.tolist()
+    updates = {}
+    for f in fields(item):  # type: ignore[arg-type]
+        value = getattr(item, f.name)
+        if isinstance(value, Tensor):
+            updates[f.name] = value[rows]
+        elif isinstance(value, list):
+            updates[f.name] = [value[i] for i in index] if value else []
+        elif isinstance(value, dict):
+            updates[f.name] = dict(value)
+    out = replace(item, **updates)  # type: ignore[type-var]
+    return out.trimmed() if hasattr(out, "trimmed") else out
+
+
+def concat_rows(items: list[Rows]) -> Rows:
+    """Stack dataclasses of rollouts (RolloutBatch, Generation) whose prompt and response widths may differ.
+
+    Prompt-aligned fields are re-padded on the left and right, response-aligned ones on the right
+    (padding is masked out wherever it is read), per-row tensors and lists are concatenated; scalar
+    fields come from the first item and ``stats`` are dropped. An optional [B, T] field must be set in
+    all items or it becomes None.
+    """
+    nonempty = [b for b in items if len(b)] or items[:1]  # type: ignore[arg-type]
+    if len(nonempty) == 1:
+        return nonempty[0]
+    first = nonempty[0]
+    prompt_len = max(b.prompt_length for b in nonempty)  # type: ignore[attr-defined]
+    resp_len = max(b.response_mask.shape[1] for b in nonempty)  # type: ignore[attr-defined]
+    updates: dict[str, object] = {"prompt_length": prompt_len}
+    for f in fields(first):  # type: ignore[arg-type]
+        values = [getattr(b, f.name) for b in nonempty]
+        if f.name in _PROMPT_ALIGNED or f.name in _RESPONSE_ALIGNED:
+            if any(v is None for v in values):
+                updates[f.name] = None
+                continue
+            parts = []
+            for b, v in zip(nonempty, values, strict=True):
+                right = resp_len - b.response_mask.shape[1]  # type: ignore[attr-defined]
+                left = prompt_len - b.prompt_length if f.name in _PROMPT_ALIGNED else 0  # type: ignore[attr-defined]
+                parts.append(torch.nn.functional.pad(v, (left, right), value=0))
+            updates[f.name] = torch.cat(parts)
+        elif isinstance(values[0], Tensor):
+            updates[f.name] = torch.cat(values)
+        elif isinstance(values[0], list):
+            updates[f.name] = [x for v in values for x in v]
+        elif isinstance(values[0], dict):
+            updates[f.name] = {}
+    return replace(first, **updates)  # type: ignore[type-var]
 
 
 def concat_batches(batches: list[RolloutBatch]) -> RolloutBatch:
-    """Stack rollout batches of possibly different prompt and response widths (re-padded; stats dropped)."""
-    batches = [b for b in batches if len(b)] or batches[:1]
-    if len(batches) == 1:
-        return batches[0]
-    prompt_len = max(b.prompt_length for b in batches)
-    resp_len = max(b.response_mask.shape[1] for b in batches)
-    pad_id = 0  # padded positions are masked out everywhere they are read
-
-    def pad(t: Tensor, left: int, right: int, value: float) -> Tensor:
-        return torch.nn.functional.pad(t, (left, right), value=value)
-
-    parts: dict[str, list[Tensor]] = {k: [] for k in ("input_ids", "attention_mask", "response_mask", "old")}
-    for b in batches:
-        left, right = prompt_len - b.prompt_length, resp_len - b.response_mask.shape[1]
-        parts["input_ids"].append(pad(b.input_ids, left, right, pad_id))
-        parts["attention_mask"].append(pad(b.attention_mask, left, right, 0))
-        parts["response_mask"].append(pad(b.response_mask, 0, right, False))
-        if b.old_logprobs is not None:
-            parts["old"].append(pad(b.old_logprobs, 0, right, 0.0))
-    first = batches[0]
-    return RolloutBatch(
-        input_ids=torch.cat(parts["input_ids"]),
-        attention_mask=torch.cat(parts["attention_mask"]),
-        response_mask=torch.cat(parts["response_mask"]),
-        prompt_length=prompt_len,
-        rewards=torch.cat([b.rewards for b in batches]),
-        group_ids=torch.cat([b.group_ids for b in batches]),
-        prompt_ids=torch.cat([b.prompt_ids for b in batches]),
-        truncated=torch.cat([b.truncated for b in batches]),
-        temperature=first.temperature,
-        old_logprobs=torch.cat(parts["old"]) if len(parts["old"]) == len(batches) else None,
-        responses=[r for b in batches for r in b.responses],
-        ground_truths=[g for b in batches for g in b.ground_truths],
-    )
+    """Stack rollout batches (see :func:`concat_rows`)."""
+    return concat_rows(batches)

@@ -1,7 +1,13 @@
-"""The rollout-engine protocol: anything that samples n responses per prompt from the policy."""
+"""The rollout-engine protocol: anything that samples n responses per prompt from the policy.
+
+Lifecycle (DESIGN.md §3): :meth:`RolloutEngine.setup` once the device and process group exist;
+:meth:`~RolloutEngine.update_weights` from named tensors once per policy version (the module pushes
+them; an engine never reads the trainer); :meth:`~RolloutEngine.generate` with an explicit seed.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -21,6 +27,9 @@ class Generation:
         prompt_length: Lp.
         truncated: [P·n] bool, stopped by the length limit.
         texts: decoded responses, special tokens removed, cut after a stop string.
+        behaviour_logprobs: [P·n, T] float32 log-probs of the sampled tokens under the distribution the
+            engine sampled from, or None when the engine samples with the training weights themselves
+            (then they equal π_old up to kernel differences).
     """
 
     input_ids: Tensor
@@ -29,11 +38,15 @@ class Generation:
     prompt_length: int
     truncated: Tensor
     texts: list[str]
+    behaviour_logprobs: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
 
 
 @runtime_checkable
 class RolloutEngine(Protocol):
-    """Samples responses from the current policy.
+    """Samples responses from the policy whose weights were last pushed with :meth:`update_weights`.
 
     ``temperature`` is part of the contract: log-probs for the loss are computed at the same
     temperature, so that s_i = 0 for the policy that generated the rollouts.
@@ -42,17 +55,19 @@ class RolloutEngine(Protocol):
     temperature: float
     max_new_tokens: int
 
-    def sync_weights(self, policy: nn.Module) -> None:
-        """Make the engine sample from ``policy``'s current weights (a no-op for in-process HF generation)."""
+    @property
+    def policy_version(self) -> int:
+        """Version of the weights the engine samples from (-1 before the first push)."""
         ...
 
-    def generate(
-        self,
-        policy: nn.Module,
-        tokenizer: PreTrainedTokenizerBase,
-        prompts: list[list[int]],
-        n: int,
-        seed: int | None = None,
-    ) -> Generation:
-        """Sample ``n`` responses for each tokenized prompt; ``seed`` makes the sampling reproducible."""
+    def setup(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Called once the device and the process group exist, with the training policy and its tokenizer."""
+        ...
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, Tensor]], version: int) -> None:
+        """Sample from these weights from now on; ``version`` is the optimizer step that produced them."""
+        ...
+
+    def generate(self, prompts: list[list[int]], n: int, seed: int) -> Generation:
+        """Sample ``n`` responses for each tokenized prompt, reproducibly for a given ``seed``."""
         ...

@@ -1,13 +1,14 @@
-"""Rollouts with Hugging Face ``model.generate``, in the training process."""
+"""Rollouts with Hugging Face ``model.generate``, in the training process, on the training weights."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from real_lightning.rollout.batch import concat_rows
 from real_lightning.rollout.engine import Generation
 
 
@@ -53,6 +54,13 @@ class HFEngine:
             other than the one the loss's log-probs assume; the library allows it, as verl does.
         stop: strings that end a response (kept in the response, like vLLM's ``include_stop_str_in_output``).
         max_batch_size: at most this many sequences per ``generate`` call (None: all at once).
+        synced_gpus: keep every rank decoding until all ranks are done (Hugging Face's ``synced_gpus``),
+            needed when the policy is sharded (FSDP): each forward then gathers parameters on all ranks.
+            None: on exactly when the policy's parameters are sharded (``DTensor``) and several ranks run.
+
+    The engine generates with the training module itself (:meth:`setup` hands it over), so
+    :meth:`update_weights` has nothing to copy: it records the version. Behaviour log-probs are not
+    reported: sampling uses the training weights, so π_behaviour is π_old up to kernel differences.
     """
 
     def __init__(
@@ -63,6 +71,7 @@ class HFEngine:
         top_k: int = 0,
         stop: list[str] | None = None,
         max_batch_size: int | None = None,
+        synced_gpus: bool | None = None,
     ) -> None:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -76,9 +85,32 @@ class HFEngine:
         self.top_k = top_k
         self.stop = list(stop or [])
         self.max_batch_size = max_batch_size
+        self.synced_gpus = synced_gpus
+        self._model: nn.Module | None = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._version = -1
 
-    def sync_weights(self, policy: nn.Module) -> None:
-        """Generation reads the policy's live weights: nothing to do."""
+    @property
+    def policy_version(self) -> int:
+        return self._version
+
+    def setup(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Generate with ``model`` (the training policy, shared, not copied) and ``tokenizer``."""
+        self._model, self._tokenizer = model, tokenizer
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, Tensor]], version: int) -> None:
+        """The engine reads the policy's live weights: only the version is recorded (nothing is consumed)."""
+        self._version = version
+
+    def _synced(self, model: nn.Module) -> bool:
+        if self.synced_gpus is not None:
+            return self.synced_gpus
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return False
+        from torch.distributed.tensor import DTensor
+
+        return any(isinstance(p, DTensor) for p in model.parameters())
 
     def _config(self, tokenizer: PreTrainedTokenizerBase, n: int) -> GenerationConfig:
         sampling = self.temperature > 0
@@ -102,28 +134,26 @@ class HFEngine:
         )
 
     @torch.no_grad()
-    def generate(
-        self,
-        policy: nn.Module,
-        tokenizer: PreTrainedTokenizerBase,
-        prompts: list[list[int]],
-        n: int,
-        seed: int | None = None,
-    ) -> Generation:
-        """Sample ``n`` responses per prompt. Rows are grouped by prompt: row ``p·n + j``."""
+    def generate(self, prompts: list[list[int]], n: int, seed: int) -> Generation:
+        """Sample ``n`` responses per prompt. Rows are grouped by prompt: row ``p·n + j``.
+
+        Sampling draws from a generator seeded with ``seed`` (the global RNG is left as it was).
+        """
+        if self._model is None or self._tokenizer is None:
+            raise RuntimeError("HFEngine.generate before setup(model, tokenizer)")
         if not prompts:
             raise ValueError("generate needs at least one prompt")
+        policy, tokenizer = self._model, self._tokenizer
         device = next(policy.parameters()).device
         per_call = len(prompts) if self.max_batch_size is None else max(1, self.max_batch_size // n)
-        rng = torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]) if seed is not None else None
-        with rng if rng is not None else nullcontext():
-            if seed is not None:
-                torch.manual_seed(seed)
+        synced = self._synced(policy)
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+            torch.manual_seed(seed)
             chunks = [
-                self._generate_chunk(policy, tokenizer, prompts[i : i + per_call], n, device)
+                self._generate_chunk(policy, tokenizer, prompts[i : i + per_call], n, device, synced)
                 for i in range(0, len(prompts), per_call)
             ]
-        return _concat(chunks, tokenizer.pad_token_id)
+        return concat_rows(chunks)
 
     def _generate_chunk(
         self,
@@ -132,6 +162,7 @@ class HFEngine:
         prompts: list[list[int]],
         n: int,
         device: torch.device,
+        synced: bool = False,
     ) -> Generation:
         ids, mask = left_pad(prompts, tokenizer.pad_token_id, device)
         was_training = policy.training
@@ -142,6 +173,7 @@ class HFEngine:
                 attention_mask=mask,
                 generation_config=self._config(tokenizer, n),
                 tokenizer=tokenizer if self.stop else None,
+                synced_gpus=synced,
             )
         finally:
             policy.train(was_training)
@@ -181,25 +213,3 @@ class HFEngine:
                     lo = mid + 1
             out.append(lo)
         return torch.tensor(out, dtype=torch.long, device=responses.device)
-
-
-def _concat(chunks: list[Generation], pad_id: int) -> Generation:
-    """Stack generations whose prompt and response widths may differ (re-pad prompts left, responses right)."""
-    if len(chunks) == 1:
-        return chunks[0]
-    prompt_len = max(c.prompt_length for c in chunks)
-    resp_len = max(c.response_mask.shape[1] for c in chunks)
-    ids, attn, resp = [], [], []
-    for c in chunks:
-        left, right = prompt_len - c.prompt_length, resp_len - c.response_mask.shape[1]
-        ids.append(nn.functional.pad(c.input_ids, (left, right), value=pad_id))
-        attn.append(nn.functional.pad(c.attention_mask, (left, right), value=0))
-        resp.append(nn.functional.pad(c.response_mask, (0, right), value=False))
-    return Generation(
-        torch.cat(ids),
-        torch.cat(attn),
-        torch.cat(resp),
-        prompt_len,
-        torch.cat([c.truncated for c in chunks]),
-        [t for c in chunks for t in c.texts],
-    )

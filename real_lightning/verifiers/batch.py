@@ -16,6 +16,7 @@ from real_lightning.verifiers.math import (
     STATUSES,
     WORKER_PRELOAD,
     VerifyResult,
+    answer_after_think_text,
     check_timeout,
     math_reward,
     prepare,
@@ -151,11 +152,11 @@ def score_batch(
         for i, (response, truth) in enumerate(zip(responses, ground_truths, strict=True)):
             text = response or ""
             if answer_after_think:
-                cut = text.rfind("</think>")
-                if cut < 0:
+                after = answer_after_think_text(text)
+                if after is None:
                     results[i] = VerifyResult(0.0, "no_answer")
                     continue
-                text = text[cut + len("</think>") :]
+                text = after
             pending.append(i)
             calls.append((text, truth))
         outcomes = _run_many(fn, calls, num_workers=workers, timeout_s=timeout_s)

@@ -256,6 +256,19 @@ def _symbolic_status(answer: str, ground_truth: str) -> str:
     return "error" if errored else "incorrect"
 
 
+def answer_after_think_text(text: str) -> str | None:
+    """The text after the last ``</think>``, or ``None`` when there is none (the reasoning never ended).
+
+    Example:
+        >>> answer_after_think_text("<think>a</think> 1 <think>b</think> 2")
+        ' 2'
+        >>> answer_after_think_text("<think>unfinished") is None
+        True
+    """
+    cut = text.rfind(_THINK_END)
+    return None if cut < 0 else text[cut + len(_THINK_END) :]
+
+
 def prepare(response: str, ground_truth: object, *, answer_after_think: bool = False) -> VerifyResult | tuple[str, str]:
     """Everything of :func:`verify` that needs no budget: extraction and the exact fast path.
 
@@ -265,10 +278,10 @@ def prepare(response: str, ground_truth: object, *, answer_after_think: bool = F
     """
     text = response or ""
     if answer_after_think:
-        cut = text.rfind(_THINK_END)
-        if cut < 0:
+        after = answer_after_think_text(text)
+        if after is None:
             return VerifyResult(0.0, "no_answer")
-        text = text[cut + len(_THINK_END) :]
+        text = after
     truth = _clean_ground_truth(ground_truth) if ground_truth is not None else ""
     if not truth:
         return VerifyResult(0.0, "error")

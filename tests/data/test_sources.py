@@ -100,13 +100,11 @@ def test_prompt_formatting_and_length_filter(char_tokenizer) -> None:
     record = load_dataset_spec(DatasetSpec(source="builtin:arithmetic", limit=1)).records[0]
     text, templated = prompt_text(record, char_tokenizer, suffix="")
     assert text == record.prompt and not templated
-    kept, dropped = tokenize_prompts([record], char_tokenizer, max_length=len(record.prompt))
-    assert dropped == 0 and char_tokenizer.decode(kept[0].ids) == record.prompt
-    kept, dropped = tokenize_prompts(
-        [record, record], char_tokenizer, max_length=len(record.prompt) + 5, suffix="xxxxx"
-    )
-    assert dropped == 0
-    with pytest.raises(ValueError, match=r"every prompt is longer than max_prompt_length=2"):
+    kept = tokenize_prompts([record], char_tokenizer, max_length=len(record.prompt))
+    assert len(kept) == 1 and char_tokenizer.decode(kept[0].ids) == record.prompt
+    kept = tokenize_prompts([record, record], char_tokenizer, max_length=len(record.prompt) + 5, suffix="xxxxx")
+    assert len(kept) == 2
+    with pytest.raises(ValueError, match=r"every prompt is longer than prompts.max_length=2"):
         tokenize_prompts([record], char_tokenizer, max_length=2, name="t")
 
 

@@ -71,3 +71,39 @@ def test_concat_repads_different_widths() -> None:
     assert torch.equal(both.response_ids[: len(a)], a.response_ids)
     assert torch.equal(both.input_ids[len(a) :, 6:8], b.response_ids)
     assert both.responses == a.responses + b.responses
+
+
+def _unequal_groups(seed: int = 3) -> RolloutBatch:
+    """Groups of sizes 1..5 with shuffled, non-contiguous ids."""
+    batch = make_rollouts(groups=5, n=3, seed=seed)
+    sizes = [1, 5, 2, 4, 3]
+    ids = torch.tensor([gid for gid, size in zip([40, 7, 19, 3, 11], sizes, strict=True) for _ in range(size)])
+    batch.group_ids = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))]
+    return batch
+
+
+def test_micro_batches_hold_whole_groups_within_the_budget() -> None:
+    batch = _unequal_groups()
+    for max_tokens, max_sequences in ((None, 5), (None, 6), (40, None), (60, 8), (1, None)):
+        rows = batch.micro_batch_rows(max_tokens, max_sequences)
+        assert sorted(torch.cat(rows).tolist()) == list(range(len(batch)))  # every row exactly once
+        for part_rows in rows:
+            part = batch.select(part_rows)
+            groups = torch.unique(part.group_ids)
+            for g in groups.tolist():  # never split a group
+                assert int((part.group_ids == g).sum()) == int((batch.group_ids == g).sum())
+            if len(groups) > 1:  # several groups only when they fit together
+                assert max_sequences is None or len(part) <= max_sequences
+                assert max_tokens is None or part.padded_tokens <= max_tokens
+    assert (
+        len(batch.micro_batch_rows()) == 1
+        and batch.micro_batches()[0].padded_tokens == batch.select(torch.arange(len(batch))).padded_tokens
+    )
+
+
+def test_take_groups_keeps_the_given_order() -> None:
+    batch = _unequal_groups()
+    part = batch.take_groups(torch.tensor([19, 40]))
+    assert part.group_ids.tolist() == [19, 19, 40]
+    assert len(batch.take_groups(torch.zeros(0, dtype=torch.long))) == 0
+    assert batch.groups_in_order().tolist() == list(dict.fromkeys(batch.group_ids.tolist()))

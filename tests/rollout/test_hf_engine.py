@@ -28,8 +28,9 @@ def test_response_extent_first_eos_inclusive_and_stop_lengths() -> None:
 
 def test_generate_groups_rows_by_prompt_and_masks_responses(tiny_policy, char_tokenizer) -> None:
     engine = HFEngine(max_new_tokens=6)
+    engine.setup(tiny_policy, char_tokenizer)
     prompts = _prompts(char_tokenizer, ["1+2=", "33+44=", "5="])
-    gen = engine.generate(tiny_policy, char_tokenizer, prompts, n=3, seed=0)
+    gen = engine.generate(prompts, n=3, seed=0)
     assert gen.input_ids.shape[0] == 9 and gen.prompt_length == 6
     for row in range(9):  # row p·n + j carries prompt p, left-padded
         prompt = prompts[row // 3]
@@ -44,25 +45,28 @@ def test_generate_groups_rows_by_prompt_and_masks_responses(tiny_policy, char_to
 
 def test_generate_is_reproducible_with_a_seed_and_leaves_global_rng_alone(tiny_policy, char_tokenizer) -> None:
     engine = HFEngine(max_new_tokens=8)
+    engine.setup(tiny_policy, char_tokenizer)
     prompts = _prompts(char_tokenizer, ["12+34=", "9+9="])
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
-    a = engine.generate(tiny_policy, char_tokenizer, prompts, n=4, seed=7)
+    a = engine.generate(prompts, n=4, seed=7)
     assert torch.equal(torch.random.get_rng_state(), before)
-    b = engine.generate(tiny_policy, char_tokenizer, prompts, n=4, seed=7)
-    c = engine.generate(tiny_policy, char_tokenizer, prompts, n=4, seed=8)
+    b = engine.generate(prompts, n=4, seed=7)
+    c = engine.generate(prompts, n=4, seed=8)
     assert torch.equal(a.input_ids, b.input_ids) and not torch.equal(a.input_ids, c.input_ids)
 
 
 def test_chunked_generation_stacks_chunks_of_different_widths(tiny_policy, char_tokenizer) -> None:
     engine = HFEngine(max_new_tokens=5, max_batch_size=4)
-    gen = engine.generate(tiny_policy, char_tokenizer, _prompts(char_tokenizer, ["1=", "22=", "333="]), n=2, seed=0)
+    engine.setup(tiny_policy, char_tokenizer)
+    gen = engine.generate(_prompts(char_tokenizer, ["1=", "22=", "333="]), n=2, seed=0)
     assert gen.input_ids.shape[0] == 6 and gen.response_mask.shape == (6, gen.input_ids.shape[1] - gen.prompt_length)
 
 
 def test_stop_strings_cut_responses(tiny_policy, char_tokenizer) -> None:
     engine = HFEngine(max_new_tokens=12, stop=["a", "b", "c", "d", "e", "1", "2"])
-    gen = engine.generate(tiny_policy, char_tokenizer, _prompts(char_tokenizer, ["x=", "y="]), n=8, seed=3)
+    engine.setup(tiny_policy, char_tokenizer)
+    gen = engine.generate(_prompts(char_tokenizer, ["x=", "y="]), n=8, seed=3)
     stopped = 0
     for text, truncated in zip(gen.texts, gen.truncated.tolist(), strict=True):
         ends = [text.find(s) + len(s) for s in engine.stop if s in text]

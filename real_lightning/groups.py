@@ -1,4 +1,6 @@
-"""Segment (per-group) operations shared by every loss: no Python loop over groups.
+"""Group structure and segment (per-group) operations, shared by the losses and the rollout side.
+
+No Python loop over groups.
 
 Rollouts of one prompt share a group id. Ids are arbitrary integers: groups may differ in size,
 need not be contiguous, and may appear in any order. Every function here works on a dense
@@ -51,6 +53,18 @@ def group_index(group_ids: Tensor) -> tuple[Tensor, int]:
     """Map arbitrary integer group ids [B] to a dense segment index [B] in ``[0, G)`` and G."""
     unique, index = torch.unique(group_ids, return_inverse=True)
     return index, unique.numel()
+
+
+def group_index_no_sync(group_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`group_index` without a host sync: the same dense index [B] and G as a 0-dim long tensor.
+
+    Segments ``[G, B)`` are empty, so size per-segment buffers by B (``group_ids.numel()``), not by G.
+    """
+    sorted_ids, order = torch.sort(group_ids)
+    first = torch.ones_like(sorted_ids, dtype=torch.bool)  # [B] the first rollout of each id, in sorted order
+    first[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    rank = first.cumsum(0) - 1
+    return torch.empty_like(rank).scatter_(0, order, rank), first.sum()
 
 
 def segment_sum(values: Tensor, index: Tensor, num_segments: int) -> Tensor:

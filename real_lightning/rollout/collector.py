@@ -1,0 +1,270 @@
+"""The rollout collector: turns a request into verified rollouts (engine → scorer → RolloutBatch).
+
+It belongs to the data side: the module asks it for rollouts and pushes weights to its engines, it
+never calls back into the module. It keeps the rollout batch in flight (with π_old once the module
+has computed it) and saves it with the checkpoint, so a run resumed in the middle of a rollout batch
+continues on exactly the same rollouts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from real_lightning.distributed import all_gather_objects, all_reduce_max
+from real_lightning.groups import build_groups
+from real_lightning.rollout.batch import RolloutBatch, ValidationRollouts, concat_batches
+from real_lightning.rollout.engine import Generation, RolloutEngine
+from real_lightning.rollout.requests import PromptOrder, RolloutRequest, ValidationRequest, derive_seed
+from real_lightning.rollout.schedule import RolloutSchedule
+from real_lightning.rollout.scoring import Scorer, Scores
+
+if TYPE_CHECKING:  # the data package imports this module
+    from real_lightning.data.prompts import TokenizedPrompt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sampled:
+    """Responses to some prompts, scored, and the seconds each phase took."""
+
+    prompts: list[TokenizedPrompt]
+    generation: Generation
+    scores: Scores
+    generation_s: float
+    verification_s: float
+
+
+def sample_and_score(
+    engine: RolloutEngine, scorer: Scorer, prompts: list[TokenizedPrompt], n: int, seed: int
+) -> Sampled:
+    """Generate ``n`` responses per prompt with ``engine`` (seeded) and score them against the ground truths."""
+    start = time.perf_counter()
+    generation = engine.generate([p.ids for p in prompts], n, seed)
+    generated = time.perf_counter()
+    truths = [p.record.ground_truth for p in prompts for _ in range(n)]
+    scores = scorer.score(generation.texts, truths, generation.truncated)
+    return Sampled(prompts, generation, scores, generated - start, time.perf_counter() - generated)
+
+
+def _as_rollouts(sampled: Sampled, n: int, group_offset: int, temperature: float, version: int) -> RolloutBatch:
+    g, count = sampled.generation, len(sampled.prompts)
+    return RolloutBatch(
+        input_ids=g.input_ids.cpu(),
+        attention_mask=g.attention_mask.cpu(),
+        response_mask=g.response_mask.cpu(),
+        prompt_length=g.prompt_length,
+        rewards=sampled.scores.rewards.cpu(),
+        group_ids=torch.arange(group_offset, group_offset + count).repeat_interleave(n),
+        prompt_ids=torch.tensor([p.record.index for p in sampled.prompts]).repeat_interleave(n),
+        truncated=g.truncated.cpu(),
+        temperature=temperature,
+        policy_version=version,
+        behaviour_logprobs=None if g.behaviour_logprobs is None else g.behaviour_logprobs.float().cpu(),
+        responses=list(g.texts),
+        ground_truths=[p.record.ground_truth for p in sampled.prompts for _ in range(n)],
+        stats={
+            "time/generation_s": sampled.generation_s,
+            "time/verification_s": sampled.verification_s,
+            "rollout/generated_tokens": float(g.response_mask.sum()),
+            **{f"verifier/{status}": float(c) for status, c in sampled.scores.counts.items()},
+        },
+    )
+
+
+def contrast_mask(batch: RolloutBatch) -> Tensor:
+    """[B] bool, the rollout's group holds at least two distinct rewards."""
+    groups = build_groups(batch.rewards, batch.group_ids)
+    return groups.contrast[groups.index]
+
+
+class RolloutCollector:
+    """Rollouts for training requests and scored samples for validation requests, on one rank.
+
+    Args:
+        prompts: tokenized training prompts (``RolloutRequest.prompt_indices`` index them).
+        engine: samples training rollouts.
+        scorer: verifies responses.
+        schedule: the sampling schedule (global counts).
+        order: the training prompt order (dynamic sampling draws its extra prompts from it); None before fit.
+        seed: the run's seed.
+        rank, world_size: this rank and the number of ranks.
+        val_prompts: tokenized validation sets by name.
+        val_engine: samples for validation (default: ``engine``).
+        val_samples: responses per validation prompt.
+    """
+
+    def __init__(
+        self,
+        prompts: list[TokenizedPrompt],
+        engine: RolloutEngine,
+        scorer: Scorer,
+        schedule: RolloutSchedule,
+        order: PromptOrder | None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        val_prompts: dict[str, list[TokenizedPrompt]] | None = None,
+        val_engine: RolloutEngine | None = None,
+        val_samples: int = 8,
+    ) -> None:
+        self.prompts, self.engine, self.scorer, self.schedule, self.order = prompts, engine, scorer, schedule, order
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.val_prompts = dict(val_prompts or {})
+        self.val_engine = val_engine or engine
+        self.val_samples = val_samples
+        self.next_step = 0
+        """The first training step not yet served (the data position a checkpoint saves)."""
+        self._rollout_index = -1
+        self._batch: RolloutBatch | None = None
+
+    @property
+    def engines(self) -> list[RolloutEngine]:
+        """The distinct engines (training, validation) the module pushes weights to."""
+        return [self.engine] if self.val_engine is self.engine else [self.engine, self.val_engine]
+
+    # --- training ---------------------------------------------------------------------------------
+
+    def needs_generation(self, request: RolloutRequest) -> bool:
+        """Serving ``request`` will sample a new rollout batch (the engine must hold the current weights)."""
+        return request.rollout_index != self._rollout_index
+
+    def rollouts(self, request: RolloutRequest) -> RolloutBatch:
+        """This rank's whole rollout batch of ``request`` (sampled, scored, filtered), sampled on first use."""
+        if self.needs_generation(request):
+            self._batch, self._rollout_index = None, -1  # free the previous batch before sampling
+            self._batch = self._collect(request)
+            self._rollout_index = request.rollout_index
+        assert self._batch is not None
+        return self._batch
+
+    def minibatch(self, request: RolloutRequest) -> RolloutBatch:
+        """This rank's groups of mini-batch ``request.minibatch_index`` (possibly none, after dynamic sampling).
+
+        The first mini-batch of a rollout batch carries the batch's ``stats``. Serving it moves the data
+        position past ``request.step``.
+        """
+        batch = self.rollouts(request)
+        epoch, position = divmod(request.minibatch_index, self.schedule.minibatches_per_epoch)
+        groups = batch.groups_in_order()
+        generator = torch.Generator().manual_seed(
+            derive_seed(self.seed, "minibatch", request.rollout_index, self.rank, epoch)
+        )
+        groups = groups[torch.randperm(groups.numel(), generator=generator)]
+        size = self.schedule.local_minibatch_prompts(self.world_size)
+        minibatch = batch.take_groups(groups[position * size : (position + 1) * size])
+        minibatch.stats = dict(batch.stats) if request.minibatch_index == 0 else {}
+        self.next_step = request.step + 1
+        return minibatch
+
+    def _sample(self, indices: tuple[int, ...], seed: int, group_offset: int) -> RolloutBatch:
+        sampled = sample_and_score(
+            self.engine, self.scorer, [self.prompts[i] for i in indices], self.schedule.rollouts_per_prompt, seed
+        )
+        n = self.schedule.rollouts_per_prompt
+        return _as_rollouts(sampled, n, group_offset, self.engine.temperature, self.engine.policy_version)
+
+    def _collect(self, request: RolloutRequest) -> RolloutBatch:
+        start = time.perf_counter()
+        count = len(request.prompt_indices)
+        sampled = [self._sample(request.prompt_indices, request.seed, group_offset=0)]
+        batch = sampled[0]
+        if self.schedule.dynamic_sampling:
+            kept = batch.select(torch.nonzero(contrast_mask(batch)).flatten())
+            rounds = 0
+            # every rank runs the same number of rounds: continue while any rank is short
+            while rounds < self.schedule.max_sampling_rounds and all_reduce_max(int(_num_groups(kept) < count)):
+                rounds += 1
+                assert self.order is not None
+                indices = self.order.refill(request.rollout_index, rounds, self.rank, count)
+                seed = derive_seed(self.seed, "sample", request.rollout_index, self.rank, rounds)
+                sampled.append(self._sample(indices, seed, group_offset=rounds * count))
+                more = sampled[-1]
+                kept = concat_batches([kept, more.select(torch.nonzero(contrast_mask(more)).flatten())])
+            batch = kept.take_groups(kept.groups_in_order()[:count]) if len(kept) else kept
+        raw = concat_batches(sampled) if len(sampled) > 1 else sampled[0]
+        batch.stats = _rollout_stats(sampled, raw, batch, time.perf_counter() - start)
+        return batch
+
+    # --- validation -------------------------------------------------------------------------------
+
+    def validate(self, request: ValidationRequest) -> ValidationRollouts:
+        """Score ``val_samples`` responses to each prompt of the request; an empty request still generates once.
+
+        The padding request of a rank with fewer chunks samples one prompt and returns zero rows, so that
+        every rank generates the same number of times (a sharded policy needs all ranks in each forward).
+        """
+        prompts = self.val_prompts[request.dataset]
+        chosen = [prompts[i] for i in request.prompt_indices] or prompts[:1]
+        sampled = sample_and_score(self.val_engine, self.scorer, chosen, self.val_samples, request.seed)
+        rows = len(request.prompt_indices)
+        shape = (len(chosen), self.val_samples)
+        return ValidationRollouts(
+            dataset=request.dataset,
+            correct=(sampled.scores.rewards > 0.5).reshape(shape)[:rows].cpu(),
+            response_lengths=sampled.generation.response_mask.sum(-1).reshape(shape)[:rows].cpu(),
+            truncated=sampled.generation.truncated.reshape(shape)[:rows].cpu(),
+        )
+
+    # --- checkpoint state -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The data position and every rank's rollout batch in flight (a collective: all ranks call it)."""
+        local = {
+            "rollout_index": self._rollout_index,
+            "batch": None if self._batch is None else _batch_state(self._batch),
+        }
+        return {"next_step": self.next_step, "world_size": self.world_size, "ranks": all_gather_objects(local)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.next_step = int(state["next_step"])
+        self._rollout_index, self._batch = -1, None
+        if state["world_size"] != self.world_size:
+            log.warning(
+                "the checkpoint was written by %d ranks and this run has %d: the rollout batch in flight is "
+                "sampled again from the current weights (the resumed run is not bit-identical)",
+                state["world_size"],
+                self.world_size,
+            )
+            return
+        local = state["ranks"][self.rank]
+        if local["batch"] is not None:
+            self._rollout_index, self._batch = int(local["rollout_index"]), RolloutBatch(**local["batch"])
+
+
+def _num_groups(batch: RolloutBatch) -> int:
+    return batch.num_groups if len(batch) else 0
+
+
+def _batch_state(batch: RolloutBatch) -> dict[str, Any]:
+    """Plain values only (tensors, lists, numbers): checkpoints load with ``weights_only=True``."""
+    values = {f.name: getattr(batch, f.name) for f in fields(batch)}
+    return {name: value.cpu() if isinstance(value, Tensor) else value for name, value in values.items()}
+
+
+def _rollout_stats(
+    sampled: list[RolloutBatch], raw: RolloutBatch, batch: RolloutBatch, seconds: float
+) -> dict[str, float]:
+    """What the rollout phase logs: rewards, lengths, truncation, contrast, timings, verifier counts."""
+    lengths = raw.response_lengths.float()
+    stats = {key: sum(b.stats.get(key, 0.0) for b in sampled) for key in sampled[0].stats}
+    stats.update(
+        {
+            "rollout/reward_mean": float(raw.rewards.float().mean()),
+            "rollout/contrast_fraction": float(contrast_mask(raw).float().mean()),
+            "rollout/response_length_mean": float(lengths.mean()),
+            "rollout/response_length_max": float(lengths.max()),
+            "rollout/truncation_rate": float(raw.truncated.float().mean()),
+            "rollout/groups": float(_num_groups(batch)),
+            "rollout/sampling_rounds": float(len(sampled)),
+            "time/rollout_s": seconds,
+        }
+    )
+    stats["rollout/tokens_per_s"] = stats["rollout/generated_tokens"] / max(stats["time/generation_s"], 1e-9)
+    return stats

@@ -1,0 +1,100 @@
+"""How prompts become optimizer steps: rollout batches, mini-batches, micro-batches (one typed config)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class RolloutSchedule:
+    """The sampling and update schedule. Prompt counts are over **all ranks** (as in verl and the paper).
+
+    A rollout batch samples ``rollouts_per_prompt`` responses for each of ``prompts_per_rollout``
+    prompts; it is split into mini-batches of ``prompts_per_minibatch`` prompts (one optimizer step
+    each, ``ppo_epochs`` passes); each rank runs its share of a mini-batch as micro-batches of whole
+    groups (one forward/backward each) within ``max_tokens_per_micro_batch`` and
+    ``max_sequences_per_micro_batch``. The optimizer step's gradient does not depend on that split: the
+    losses divide by counts taken over the whole step.
+
+    Args:
+        prompts_per_rollout: P, prompts per rollout batch, all ranks together (a multiple of the number of ranks).
+        rollouts_per_prompt: n, responses sampled per prompt (the group size).
+        prompts_per_minibatch: M, prompts per optimizer step, all ranks together (a multiple of the
+            number of ranks); None: P, one optimizer step per rollout batch.
+        ppo_epochs: passes over each rollout batch.
+        dynamic_sampling: DAPO's dynamic sampling: drop groups whose rewards are all equal and sample
+            more prompts (uniformly at random, seeded) until every rank holds its share of P groups with a
+            reward contrast or ``max_sampling_rounds`` extra rounds are spent. Ranks decide together.
+        max_sampling_rounds: cap on the extra rounds of dynamic sampling.
+        recompute_old_logprobs: always compute π_old with a no-grad pass, even when the update is exactly
+            on-policy (by default that pass is skipped then, and π_old = π_θ.detach()).
+        max_tokens_per_micro_batch: bound on the padded positions (rows × longest row) of one forward
+            pass, for the update and the π_old pass; a group larger than that runs alone. None: no bound.
+        max_sequences_per_micro_batch: bound on the rows of one forward pass (whole groups; a group
+            larger than that runs alone). None: no bound.
+    """
+
+    prompts_per_rollout: int = 32
+    rollouts_per_prompt: int = 8
+    prompts_per_minibatch: int | None = None
+    ppo_epochs: int = 1
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 3
+    recompute_old_logprobs: bool = False
+    max_tokens_per_micro_batch: int | None = None
+    max_sequences_per_micro_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("prompts_per_rollout", "rollouts_per_prompt", "ppo_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"schedule.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_sampling_rounds < 0:
+            raise ValueError(f"schedule.max_sampling_rounds must be >= 0, got {self.max_sampling_rounds}")
+        if self.prompts_per_minibatch is not None and not 1 <= self.prompts_per_minibatch <= self.prompts_per_rollout:
+            raise ValueError(
+                f"schedule.prompts_per_minibatch must be in [1, prompts_per_rollout={self.prompts_per_rollout}], "
+                f"got {self.prompts_per_minibatch}"
+            )
+        for name in ("max_tokens_per_micro_batch", "max_sequences_per_micro_batch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"schedule.{name} must be >= 1 or null, got {value}")
+
+    @property
+    def minibatch_prompts(self) -> int:
+        """M, prompts per optimizer step over all ranks."""
+        return self.prompts_per_minibatch or self.prompts_per_rollout
+
+    @property
+    def minibatches_per_epoch(self) -> int:
+        return math.ceil(self.prompts_per_rollout / self.minibatch_prompts)
+
+    @property
+    def minibatches_per_rollout(self) -> int:
+        """Optimizer steps per rollout batch."""
+        return self.minibatches_per_epoch * self.ppo_epochs
+
+    @property
+    def single_update(self) -> bool:
+        """One optimizer step per rollout batch: π_old is the policy at the update (on-policy)."""
+        return self.minibatches_per_rollout == 1
+
+    def check_world_size(self, world_size: int) -> None:
+        """Raise ``ValueError`` unless every rank gets an equal share of whole prompts."""
+        for name, value in (
+            ("prompts_per_rollout", self.prompts_per_rollout),
+            ("prompts_per_minibatch", self.minibatch_prompts),
+        ):
+            if value % world_size:
+                raise ValueError(
+                    f"schedule.{name}={value} counts prompts over all {world_size} ranks and must be a multiple of it"
+                )
+
+    def local_prompts(self, world_size: int) -> int:
+        """Prompts of one rank per rollout batch."""
+        return self.prompts_per_rollout // world_size
+
+    def local_minibatch_prompts(self, world_size: int) -> int:
+        """Prompts (groups) of one rank per mini-batch."""
+        return self.minibatch_prompts // world_size

@@ -1,0 +1,187 @@
+"""One optimizer step as micro-batches of whole groups, and the micro-batched π_old pass.
+
+Both run the same number of forward (and backward) passes on every rank: a rank with fewer
+micro-batches runs zero-weight passes on a one-token dummy, so that a sharded policy's collectives
+line up. The loss of every micro-batch is divided by counts taken over the whole step (all
+micro-batches, all ranks) and multiplied by the number of ranks (DDP and FSDP average gradients
+over ranks), so the step's gradient is the gradient of the whole mini-batch's loss, however it is split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from real_lightning.distributed import all_reduce, all_reduce_max
+from real_lightning.losses import LossOutput
+from real_lightning.losses.common import BatchCounts
+from real_lightning.rollout.batch import RolloutBatch, concat_batches
+
+LogprobsFn = Callable[..., tuple[Tensor, Tensor | None]]
+"""``fn(batch, with_entropy=False) -> ([B, T] log-probs, [B, T] entropy or None)``."""
+Budget = tuple[int | None, int | None]
+"""(max padded tokens, max sequences) of one micro-batch."""
+
+_PER_ROLLOUT = ("scores", "grad_weights", "labels", "advantages")
+_TOKEN_WEIGHTED = ("ppo_kl", "low_var_kl", "clip_fraction", "clip_fraction_high", "clip_fraction_low")
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step produced.
+
+    Attributes:
+        skipped: some rank had a non-finite loss; every rank skips the update.
+        metrics: scalars to log, already reduced over ranks (``train/…`` and the rollout's ``rollout/…``,
+            ``time/…``, ``verifier/…`` on the first step of a rollout batch, averaged over ranks).
+        loss_output: this rank's per-rollout metrics (``scores``, ``grad_weights``, ``labels``, …) of all its
+            micro-batches, rows in the order of ``rollouts``; None when the rank had no rollout.
+        rollouts: this rank's micro-batches, concatenated (CPU).
+    """
+
+    skipped: bool
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+    loss_output: LossOutput | None = None
+    rollouts: RolloutBatch | None = None
+
+
+def dummy_batch(temperature: float, device: torch.device) -> RolloutBatch:
+    """One prompt token and one response token (id 0): a zero-weight pass for a rank with nothing to do."""
+    ones = torch.ones(1, 2, dtype=torch.long, device=device)
+    return RolloutBatch(
+        input_ids=torch.zeros(1, 2, dtype=torch.long, device=device),
+        attention_mask=ones,
+        response_mask=torch.ones(1, 1, dtype=torch.bool, device=device),
+        prompt_length=1,
+        rewards=torch.zeros(1, device=device),
+        group_ids=torch.zeros(1, dtype=torch.long, device=device),
+        prompt_ids=torch.zeros(1, dtype=torch.long, device=device),
+        truncated=torch.zeros(1, dtype=torch.bool, device=device),
+        temperature=temperature,
+    )
+
+
+@torch.no_grad()
+def old_logprobs_pass(logprobs_fn: LogprobsFn, rollouts: RolloutBatch, budget: Budget, device: torch.device) -> Tensor:
+    """[B, T] float32 log π_old of a whole rollout batch, in micro-batches (no grad), on ``rollouts``' device.
+
+    Positions outside the response mask are 0, so the result does not depend on the split.
+    """
+    parts = rollouts.micro_batch_rows(*budget) if len(rollouts) else []
+    out = torch.zeros(rollouts.response_mask.shape, dtype=torch.float32, device=rollouts.input_ids.device)
+    for i in range(all_reduce_max(len(parts))):
+        if i >= len(parts):
+            logprobs_fn(dummy_batch(rollouts.temperature, device))
+            continue
+        rows = parts[i]
+        batch = rollouts.select(rows).to(device)
+        logprobs, _ = logprobs_fn(batch)
+        logprobs = logprobs.float().masked_fill(~batch.response_mask, 0.0)  # 0 where no token counts
+        out[rows.to(out.device), : logprobs.shape[1]] = logprobs.to(out.device)
+    return out
+
+
+def accumulate_step(
+    minibatch: RolloutBatch,
+    budget: Budget,
+    *,
+    logprobs_fn: LogprobsFn,
+    loss_fn: Callable[..., LossOutput],
+    loss_kwargs: dict[str, Any],
+    backward: Callable[[Tensor], None],
+    device: torch.device,
+    world_size: int,
+    rollout_stats: dict[str, float] | None = None,
+) -> StepResult:
+    """Forward and backward every micro-batch of ``minibatch``; the gradients add up in ``.grad``.
+
+    Args:
+        minibatch: this rank's groups of the step.
+        budget: micro-batch budget (padded tokens, sequences).
+        logprobs_fn: the policy's response log-probs (and entropy).
+        loss_fn: an entry of ``LOSSES`` (called with ``counts=`` the step's counts).
+        loss_kwargs: the loss's hyper-parameters.
+        backward: back-propagates a scalar (the strategy's backward, for precision plugins).
+        device: where the policy runs.
+        world_size: ranks whose gradients DDP/FSDP will average (each loss is multiplied by it).
+        rollout_stats: scalars of the rollout batch to average over ranks and log with this step.
+
+    A micro-batch with a non-finite loss back-propagates zero instead; the flag is summed over ranks
+    and every rank then skips the update (``StepResult.skipped``).
+    """
+    micro = minibatch.micro_batches(*budget) if len(minibatch) else []
+    local_counts = BatchCounts.of(minibatch.response_mask, minibatch.rewards, minibatch.group_ids)
+    counts = BatchCounts.from_tensor(all_reduce(local_counts.as_tensor()))
+    sums: dict[str, Tensor] = {}
+
+    def add(name: str, value: Tensor | float) -> None:
+        sums[name] = sums.get(name, torch.zeros((), dtype=torch.float64)) + torch.as_tensor(value).double().cpu()
+
+    outputs: list[dict[str, Tensor]] = []
+    logged_keys: set[str] = set()
+    for i in range(all_reduce_max(len(micro))):
+        if i >= len(micro):
+            logprobs, _ = logprobs_fn(dummy_batch(minibatch.temperature, device))
+            backward(logprobs.sum() * 0.0)
+            continue
+        batch = micro[i].to(device)
+        logprobs, entropy = logprobs_fn(batch, with_entropy=True)
+        old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
+        out = loss_fn(
+            logprobs=logprobs,
+            old_logprobs=old,
+            response_mask=batch.response_mask,
+            rewards=batch.rewards,
+            group_ids=batch.group_ids,
+            counts=counts,
+            **loss_kwargs,
+        )
+        finite = bool(torch.isfinite(out.loss))
+        backward(out.loss * world_size if finite else logprobs.sum() * 0.0)
+        mask = batch.response_mask
+        tokens = mask.sum()
+        add("nonfinite", 0.0 if finite else 1.0)
+        add("loss", out.loss.detach())
+        add("tokens", tokens)
+        add("entropy", (entropy * mask).sum() if entropy is not None else 0.0)
+        for name in _TOKEN_WEIGHTED:
+            if name in out.metrics:
+                add(name, out.metrics[name] * tokens)
+                logged_keys.add(name)
+        metrics = out.metrics
+        labels, weights = metrics["labels"], metrics["grad_weights"].abs()
+        add("groups", metrics["num_groups"])
+        add("contrast_groups", metrics["contrast_fraction"] * metrics["num_groups"])
+        for side, label in (("pos", 1), ("neg", 0)):
+            add(f"weight_abs_{side}", weights[labels == label].sum())
+            add(f"count_{side}", (labels == label).sum())
+        outputs.append({k: metrics[k].detach().cpu() for k in (*_PER_ROLLOUT, "weight_normalizer") if k in metrics})
+        del logprobs, entropy, out
+    names = ["nonfinite", "loss", "tokens", "entropy", *_TOKEN_WEIGHTED, "groups", "contrast_groups"]
+    names += ["weight_abs_pos", "count_pos", "weight_abs_neg", "count_neg"]
+    stats = dict(sorted((rollout_stats or {}).items()))
+    packed = torch.stack(
+        [sums.get(n, torch.zeros((), dtype=torch.float64)) for n in names]
+        + [torch.tensor(float(v), dtype=torch.float64) for v in stats.values()]
+    )
+    total = dict(zip(names + list(stats), all_reduce(packed).unbind(), strict=True))
+    tokens = total["tokens"].clamp_min(1)
+    logged: dict[str, Tensor] = {
+        "train/loss": total["loss"],
+        "train/entropy": total["entropy"] / tokens,
+        "train/contrast_fraction": total["contrast_groups"] / total["groups"].clamp_min(1),
+        "train/weight_abs_mean_pos": total["weight_abs_pos"] / total["count_pos"].clamp_min(1),
+        "train/weight_abs_mean_neg": total["weight_abs_neg"] / total["count_neg"].clamp_min(1),
+    }
+    logged.update({f"train/{n}": total[n] / tokens for n in _TOKEN_WEIGHTED if n in logged_keys})
+    logged.update({k: total[k] / world_size for k in stats})
+    merged = None
+    if outputs:
+        per_rollout = {k: torch.cat([o[k] for o in outputs]) for k in _PER_ROLLOUT if k in outputs[0]}
+        merged = LossOutput(total["loss"], per_rollout | {"weight_normalizer": outputs[0]["weight_normalizer"]})
+    rollouts = concat_batches(micro) if micro else minibatch
+    return StepResult(bool(total["nonfinite"] > 0), {k: v.float() for k, v in logged.items()}, merged, rollouts)

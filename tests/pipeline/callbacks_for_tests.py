@@ -1,0 +1,56 @@
+"""Callbacks that subprocess runs load by class path: record every step exactly, die on purpose."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+def _hex(values: torch.Tensor) -> list[str]:
+    return [float(v).hex() for v in values.double().flatten().tolist()]
+
+
+class StepRecorder(Callback):
+    """Appends one JSON line per optimizer step (rank 0 and others to ``<path>.rank<r>``): the loss, the
+    rollouts' rewards and group ids, and the per-rollout weights, as exact hex floats."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        out, rollouts = outputs.get("loss_output"), outputs.get("rollouts")
+        record = {
+            "step": trainer.global_step,
+            "request": list(batch[:3]),
+            "loss": _hex(out.loss) if out is not None else None,
+            "weights": _hex(out.metrics["grad_weights"]) if out is not None else [],
+            "rewards": _hex(rollouts.rewards) if rollouts is not None else [],
+            "prompts": rollouts.prompt_ids.tolist() if rollouts is not None else [],
+            "param_sum": float(sum(p.double().sum() for p in pl_module.policy.parameters())).hex(),
+        }
+        path = Path(self.path if trainer.global_rank == 0 else f"{self.path}.rank{trainer.global_rank}")
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class KillAtStep(Callback):
+    """SIGKILLs its own process once ``step`` optimizer steps are done (before that step's checkpoint)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

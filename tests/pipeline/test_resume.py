@@ -1,0 +1,119 @@
+"""Exact resume: a run SIGKILLed mid rollout batch and resumed with ``--ckpt_path last`` is bit-identical
+to the run that was never stopped (losses, rewards, weights, final parameters) and logs into the same folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+REPO = Path(__file__).resolve().parents[2]
+MAX_STEPS, KILL_AT = 8, 6  # 4 optimizer steps per rollout batch: the kill lands inside the second one
+
+
+def _overlay(root: Path, kill: bool) -> Path:
+    callbacks = [
+        {
+            "class_path": "tests.pipeline.callbacks_for_tests.StepRecorder",
+            "init_args": {"path": str(root / "steps.jsonl")},
+        }
+    ]
+    if kill:
+        callbacks.append(
+            {"class_path": "tests.pipeline.callbacks_for_tests.KillAtStep", "init_args": {"step": KILL_AT}}
+        )
+    callbacks.append(
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"every_n_train_steps": 1, "save_last": True},
+        }
+    )
+    path = root / ("overlay_kill.yaml" if kill else "overlay.yaml")
+    path.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
+    return path
+
+
+def _fit(policy_dir: str, root: Path, *, kill: bool = False, resume: bool = False, dynamic: bool = False) -> int:
+    args = [
+        sys.executable, "-m", "real_lightning.cli", "fit",
+        "-c", str(REPO / "configs" / "quickstart.yaml"),
+        "-c", str(_overlay(root, kill)),
+        "--model.pretrained", policy_dir,
+        "--model.lr", "0.01",
+        "--model.export_dir", str(root / "hf"),
+        "--validate_before_fit", "false",
+        "--trainer.max_steps", str(MAX_STEPS),
+        "--trainer.limit_val_batches", "0",
+        "--trainer.log_every_n_steps", "1",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(root),
+        "--trainer.logger.init_args.save_dir", str(root),
+        "--data.schedule.prompts_per_rollout", "4",
+        "--data.schedule.rollouts_per_prompt", "4",
+        "--data.schedule.prompts_per_minibatch", "2",
+        "--data.schedule.ppo_epochs", "2",
+        "--data.schedule.max_sequences_per_micro_batch", "4",
+        "--data.engine.init_args.max_new_tokens", "6",
+        "--data.verifier.reward", "tests.rewards_for_tests:first_char_even",
+        "--data.verifier.truncated_is_wrong", "false",
+        "--data.val.held_out.limit", "4",
+    ]  # fmt: skip
+    if dynamic:
+        args += ["--data.schedule.dynamic_sampling", "true", "--data.schedule.max_sampling_rounds", "2"]
+    if resume:
+        args += ["--ckpt_path", "last"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "0"}
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode not in (0, -9):
+        raise AssertionError(f"fit failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return done.returncode
+
+
+def _records(root: Path) -> dict[int, dict]:
+    lines = (root / "steps.jsonl").read_text().splitlines()
+    return {r["step"]: r for r in map(json.loads, lines)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamic", [False, True], ids=["plain", "dynamic-sampling"])
+def test_sigkill_then_resume_is_bit_identical(policy_dir, tmp_path, dynamic) -> None:
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    straight.mkdir(), broken.mkdir()
+    assert _fit(policy_dir, straight, dynamic=dynamic) == 0
+    assert _fit(policy_dir, broken, kill=True, dynamic=dynamic) == -9
+    before_kill = _records(broken)
+    assert max(before_kill) == KILL_AT and not (broken / "hf").exists()
+    (broken / "steps.jsonl").rename(broken / "steps_killed.jsonl")
+    assert _fit(policy_dir, broken, resume=True, dynamic=dynamic) == 0
+
+    expected, resumed = _records(straight), _records(broken)
+    assert sorted(expected) == list(range(1, MAX_STEPS + 1))
+    assert sorted(resumed) == list(range(KILL_AT, MAX_STEPS + 1))  # the last checkpoint was step KILL_AT - 1
+    assert resumed[KILL_AT]["request"] == [KILL_AT - 1, 1, 1]  # mini-batch 1 of rollout batch 1: mid rollout
+    for step in range(1, KILL_AT + 1):
+        assert before_kill[step] == expected[step], f"step {step} before the kill"
+    for step in range(KILL_AT, MAX_STEPS + 1):
+        assert resumed[step] == expected[step], f"step {step} after the resume"
+    assert any(r["weights"] and any(w != "0x0.0p+0" for w in r["weights"]) for r in expected.values())
+
+    final, final_resumed = (
+        load_file(straight / "hf" / "model.safetensors"),
+        load_file(broken / "hf" / "model.safetensors"),
+    )
+    assert final.keys() == final_resumed.keys()
+    assert all((final[k] == final_resumed[k]).all() for k in final)
+
+    # one log folder, each step's scalars once
+    versions = sorted(p.name for p in (broken / "quickstart").iterdir())
+    assert versions == ["version_0"]
+    events = EventAccumulator(str(broken / "quickstart" / "version_0"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == sorted(set(steps)) and len(steps) == MAX_STEPS

@@ -1,0 +1,103 @@
+"""One optimizer step as micro-batches: the gradient does not depend on the split (float64, every loss)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from real_lightning.losses import LOSSES
+from real_lightning.module import RealPolicyModule
+from real_lightning.update import accumulate_step, old_logprobs_pass
+from tests.rollout.test_batch import make_rollouts
+
+LOSS_NAMES = sorted(LOSSES)
+
+
+def _rollouts(vocab: int) -> object:
+    """13 groups of unequal sizes (1..4), shuffled non-contiguous ids, mixed contrast, tokens < vocab."""
+    gen = torch.Generator().manual_seed(11)
+    batch = make_rollouts(groups=13, n=4, prompt=6, response=9, seed=5)
+    keep = torch.cat([torch.arange(g * 4, g * 4 + 1 + g % 4) for g in range(13)])  # group g keeps 1 + g % 4 rows
+    batch = batch.select(keep)
+    batch.input_ids = batch.input_ids % vocab
+    batch.group_ids = (batch.group_ids * 7 + 3) % 101
+    batch.rewards = torch.randint(0, 2, (len(batch),), generator=gen).float()
+    batch.rewards[batch.group_ids == batch.group_ids[0]] = 1.0  # one group without contrast
+    batch.prompt_ids = torch.arange(len(batch))  # a row id, to match rows across splits
+    return batch
+
+
+def _step(module: RealPolicyModule, batch, budget, loss: str) -> tuple[torch.Tensor, object]:
+    module.policy.zero_grad(set_to_none=True)
+    result = accumulate_step(
+        batch,
+        budget,
+        logprobs_fn=module.response_logprobs,
+        loss_fn=LOSSES[loss],
+        loss_kwargs={},
+        backward=lambda value: value.backward(),
+        device=torch.device("cpu"),
+        world_size=1,
+    )
+    grad = torch.cat([p.grad.flatten() for p in module.policy.parameters() if p.grad is not None])
+    return grad, result
+
+
+@pytest.fixture(scope="module")
+def module64(policy_dir) -> RealPolicyModule:
+    return RealPolicyModule(pretrained=policy_dir, dtype="float64")
+
+
+@pytest.mark.parametrize("loss", LOSS_NAMES)
+def test_step_gradient_does_not_depend_on_the_micro_batch_split(module64, loss) -> None:
+    batch = _rollouts(module64.policy.config.vocab_size)
+    old = old_logprobs_pass(module64.response_logprobs, batch, (None, None), torch.device("cpu"))
+    noise = torch.randn(old.shape, generator=torch.Generator().manual_seed(1), dtype=old.dtype) * 0.3
+    batch.old_logprobs = (old + noise).where(batch.response_mask, torch.zeros_like(old))  # off-policy: clips active
+    whole, whole_result = _step(module64, batch, (None, None), loss)
+    assert whole.abs().sum() > 0 and not whole_result.skipped
+    for budget in ((None, 4), (None, 1), (60, None), (150, 6)):
+        parts = len(batch.micro_batch_rows(*budget))
+        assert parts > 1
+        split, result = _step(module64, batch, budget, loss)
+        torch.testing.assert_close(split, whole, rtol=0, atol=1e-10, msg=f"{loss} with {parts} micro-batches")
+        torch.testing.assert_close(result.metrics["train/loss"], whole_result.metrics["train/loss"], rtol=1e-6, atol=0)
+
+        # the per-rollout weights the monitor logs do not depend on the split either
+        def by_row(r):
+            return r.loss_output.metrics["grad_weights"][torch.argsort(r.rollouts.prompt_ids)]
+
+        assert len(result.rollouts) == len(batch)
+        torch.testing.assert_close(by_row(result), by_row(whole_result), rtol=1e-9, atol=1e-12)
+
+
+def test_old_logprobs_pass_is_the_same_in_micro_batches(module64) -> None:
+    batch = _rollouts(module64.policy.config.vocab_size)
+    whole = old_logprobs_pass(module64.response_logprobs, batch, (None, None), torch.device("cpu"))
+    split = old_logprobs_pass(module64.response_logprobs, batch, (None, 3), torch.device("cpu"))
+    assert whole.shape == batch.response_mask.shape
+    torch.testing.assert_close(split[batch.response_mask], whole[batch.response_mask], rtol=0, atol=1e-12)
+    assert (split[~batch.response_mask] == 0).all()
+
+
+def test_a_non_finite_loss_skips_the_step(module64) -> None:
+    batch = _rollouts(module64.policy.config.vocab_size)
+
+    def nan_loss(**kwargs):
+        out = LOSSES["real"](**kwargs)
+        out.loss = out.loss * float("nan")
+        return out
+
+    module64.policy.zero_grad(set_to_none=True)
+    result = accumulate_step(
+        batch,
+        (None, 4),
+        logprobs_fn=module64.response_logprobs,
+        loss_fn=nan_loss,
+        loss_kwargs={},
+        backward=lambda value: value.backward(),
+        device=torch.device("cpu"),
+        world_size=1,
+    )
+    assert result.skipped
+    assert all(torch.isfinite(p.grad).all() for p in module64.policy.parameters() if p.grad is not None)
