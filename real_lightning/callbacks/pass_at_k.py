@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from real_lightning.metrics import PassAtK
@@ -32,8 +32,8 @@ class PassAtKLogger(Callback):
         self.ks = tuple(ks)
         self.history: dict[str, list[tuple[int, float]]] = {}
         self._metrics: dict[str, dict[int, PassAtK]] = {}
-        self._lengths: dict[str, list[torch.Tensor]] = {}
-        self._truncated: dict[str, list[torch.Tensor]] = {}
+        self._lengths: dict[str, MeanMetric] = {}
+        self._truncated: dict[str, MeanMetric] = {}
 
     def __repr__(self) -> str:
         return f"PassAtKLogger(ks={self.ks})"
@@ -56,26 +56,26 @@ class PassAtKLogger(Callback):
         name = outputs.dataset
         if name not in self._metrics:
             self._metrics[name] = {k: PassAtK(k) for k in self.ks}
-            self._lengths[name], self._truncated[name] = [], []
+            self._lengths[name], self._truncated[name] = MeanMetric(), MeanMetric()
         for metric in self._metrics[name].values():
             metric.update(outputs.correct.cpu())
-        self._lengths[name].append(outputs.response_lengths.float().flatten())
-        self._truncated[name].append(outputs.truncated.float().flatten())
+        if outputs.correct.numel():  # a rank's padding request has no rows
+            self._lengths[name].update(outputs.response_lengths.float().flatten())
+            self._truncated[name].update(outputs.truncated.float().flatten())
 
     def _log(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         for name, metrics in self._metrics.items():
             for k, metric in metrics.items():
                 value = metric.compute()
-                pl_module.log(
-                    f"{stage}/{name}/pass@{k}", value.float(), prog_bar=k == 1, add_dataloader_idx=False, sync_dist=True
-                )
+                pl_module.log(f"{stage}/{name}/pass@{k}", value.float(), prog_bar=k == 1, add_dataloader_idx=False)
                 if k == 1 and not trainer.sanity_checking:
                     self.history.setdefault(name, []).append((trainer.global_step, float(value)))
-            lengths = torch.cat(self._lengths[name])
-            pl_module.log(f"{stage}/{name}/response_length_mean", lengths.mean(), add_dataloader_idx=False)
-            pl_module.log(
-                f"{stage}/{name}/truncation_rate", torch.cat(self._truncated[name]).mean(), add_dataloader_idx=False
-            )
+            # every metric here reduces its sums over all ranks in compute(): the logged values are global
+            for key, metric in (
+                ("response_length_mean", self._lengths[name]),
+                ("truncation_rate", self._truncated[name]),
+            ):
+                pl_module.log(f"{stage}/{name}/{key}", metric.compute().float(), add_dataloader_idx=False)
         self._reset()
 
     @override

@@ -54,3 +54,29 @@ class KillAtStep(Callback):
     ) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class NanLossOnRank(Callback):
+    """Makes every loss of optimizer step ``step`` (0-based) non-finite on rank ``rank`` only."""
+
+    def __init__(self, rank: int, step: int) -> None:
+        self.rank, self.step = rank, step
+        self._original: Any = None
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.global_rank != self.rank or trainer.global_step != self.step:
+            return
+        self._original = original = pl_module.loss_fn
+
+        def nan_loss(**kwargs: Any) -> Any:
+            out = original(**kwargs)
+            out.loss = out.loss * float("nan")
+            return out
+
+        pl_module.loss_fn = nan_loss
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._original is not None:
+            pl_module.loss_fn, self._original = self._original, None
