@@ -32,7 +32,7 @@ from real_lightning.rollout.collector import RolloutCollector
 from real_lightning.rollout.requests import RolloutRequest, ValidationRequest
 from real_lightning.update import StepResult, accumulate_step, old_logprobs_pass
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 _NOT_HPARAMS = {"counts"}
 
 
@@ -55,7 +55,7 @@ class RealPolicyModule(LightningModule):
         min_lr_ratio: floor of the cosine schedule, as a fraction of lr.
         gradient_checkpointing: recompute activations in the backward pass (less memory, more time).
         logprob_chunk_size: positions per chunk of the log-softmax (memory: one [B, chunk, V] at a time).
-        dtype: parameter dtype of the loaded policy (``None``: as saved).
+        dtype: parameter dtype of the loaded policy (``None``: as saved; ``float64`` for exactness tests).
         export_dir: write the policy and tokenizer in Hugging Face format here at the end of ``fit``.
     """
 
@@ -83,8 +83,8 @@ class RealPolicyModule(LightningModule):
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         self.tokenizer = load_tokenizer(pretrained)
-        torch_dtype = torch.float64 if dtype == "float64" else _DTYPES[dtype] if dtype else None
-        self.policy = load_policy(pretrained, torch_dtype).train()  # from_pretrained returns eval mode
+        # from_pretrained returns eval mode
+        self.policy = load_policy(pretrained, _DTYPES[dtype] if dtype else None).train()
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.skipped_steps = 0

@@ -207,3 +207,22 @@ def test_csv_logger_records_the_same_metrics(policy_dir, tmp_path) -> None:
     columns = set(rows[0])
     assert {"train/loss", "rollout/reward_mean", "val/held_out/pass@1", "time/update_s"} <= columns
     assert any(row["val/held_out/pass@1"] for row in rows)
+
+
+def test_collector_state_restores_the_rollout_batch_in_flight(policy_dir) -> None:
+    module = RealPolicyModule(pretrained=policy_dir)
+    dm = attached(module, make_datamodule(prompts_per_minibatch=2))  # two optimizer steps per rollout batch
+    requests = iter(dm.train_dataloader())
+    dm.collector.minibatch(next(requests))
+    state = dm.state_dict()
+    assert state["collector"]["next_step"] == 1 and state["collector"]["ranks"][0]["batch"] is not None
+    second = dm.collector.minibatch(next(requests))
+    assert dm.state_dict()["collector"]["ranks"][0]["batch"] is None  # nothing left in flight: nothing saved
+
+    restored = make_datamodule(prompts_per_minibatch=2)
+    restored.load_state_dict(state)  # before setup, as Lightning may do: applied once the collector exists
+    attached(module, restored)
+    request = next(iter(restored.train_dataloader()))
+    assert request[:3] == (1, 0, 1) and not restored.collector.needs_generation(request)
+    again = restored.collector.minibatch(request)
+    assert torch.equal(again.input_ids, second.input_ids) and torch.equal(again.rewards, second.rewards)

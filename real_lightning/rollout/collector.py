@@ -215,10 +215,14 @@ class RolloutCollector:
     # --- checkpoint state -------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The data position and every rank's rollout batch in flight (a collective: all ranks call it)."""
+        """The data position and every rank's rollout batch in flight (a collective: all ranks call it).
+
+        The batch is saved only while steps of it remain (not after its last mini-batch).
+        """
+        in_flight = self._batch is not None and self.next_step % self.schedule.minibatches_per_rollout != 0
         local = {
-            "rollout_index": self._rollout_index,
-            "batch": None if self._batch is None else _batch_state(self._batch),
+            "rollout_index": self._rollout_index if in_flight else -1,
+            "batch": _batch_state(self._batch) if in_flight else None,
         }
         return {"next_step": self.next_step, "world_size": self.world_size, "ranks": all_gather_objects(local)}
 
