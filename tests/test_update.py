@@ -101,3 +101,43 @@ def test_a_non_finite_loss_skips_the_step(module64) -> None:
     )
     assert result.skipped
     assert all(torch.isfinite(p.grad).all() for p in module64.policy.parameters() if p.grad is not None)
+
+
+def test_a_rank_with_fewer_micro_batches_runs_zero_weight_passes(module64, monkeypatch) -> None:
+    """A rank with no rollout in a step (dynamic sampling came up short) runs as many passes as the busiest rank."""
+    batch = _rollouts(module64.policy.config.vocab_size)
+    empty = batch.select(torch.zeros(0, dtype=torch.long))
+    calls = []
+
+    def counted(batch, with_entropy=False):
+        calls.append(len(batch))
+        return module64.response_logprobs(batch, with_entropy)
+
+    module64.policy.zero_grad(set_to_none=True)
+    result = accumulate_step(
+        empty,
+        (None, None),
+        logprobs_fn=counted,
+        loss_fn=LOSSES["real"],
+        loss_kwargs={},
+        backward=lambda value: value.backward(),
+        device=torch.device("cpu"),
+        world_size=1,
+    )
+    assert calls == [] and not result.skipped and result.loss_output is None  # one process: nothing to line up
+    assert float(result.metrics["train/loss"]) == 0.0
+
+    monkeypatch.setattr("real_lightning.update.all_reduce_max", lambda value: 2)  # another rank has 2 micro-batches
+    result = accumulate_step(
+        empty,
+        (None, None),
+        logprobs_fn=counted,
+        loss_fn=LOSSES["real"],
+        loss_kwargs={},
+        backward=lambda value: value.backward(),
+        device=torch.device("cpu"),
+        world_size=1,
+    )
+    assert calls == [1, 1] and not result.skipped  # two one-token dummy passes
+    grads = [p.grad for p in module64.policy.parameters()]
+    assert all(g is not None and not g.any() for g in grads)  # every parameter took part, with zero weight
