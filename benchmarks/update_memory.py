@@ -1,7 +1,7 @@
 """Peak memory and time of one optimizer step's forward + backward against its micro-batch budget.
 
 Workload: a random ``Qwen2ForCausalLM`` (vocabulary 32,000, hidden 256, 4 layers, 4 heads / 2 KV heads,
-MLP 1024, tied embeddings, float32: 12.4 M parameters, 47 MiB) and a synthetic ``RolloutBatch`` of
+MLP 1024, tied embeddings, float32: 12.1 M parameters, 46 MiB) and a synthetic ``RolloutBatch`` of
 ``--groups`` prompts × n = 8 rollouts. Prompts are left-padded to ``--prompt`` tokens (each group's
 prompt has between half and all of them); each group draws a longest response between
 ``--response``/8 and ``--response`` tokens (group 0 gets the full length), its other rollouts between 1
@@ -17,14 +17,17 @@ in one pass), sequence budgets halving down to one group, and a token budget. Th
 
 Each run is a fresh subprocess (``--worker``): it builds the model and the batch, resets its peak RSS to
 the current RSS (``/proc/self/clear_refs``: the imports' and the model build's transient peaks do not
-count), then peak extra = ``ru_maxrss`` after the step − RSS (``/proc/self/statm``) before it, so it
-holds the parameters' gradients (47 MiB), the activations kept for the backward and the temporaries —
+count), then peak extra = peak RSS after the step (``VmHWM``, i.e. ``ru_maxrss`` without the
+high-water marks that exited threads left in it, which the reset cannot clear) − RSS
+(``/proc/self/statm``) before it, so it
+holds the parameters’ gradients (46 MiB), the activations kept for the backward and the temporaries —
 no optimizer state (AdamW is not stepped). Time = wall seconds of the step. Each cell is the median
-of ``--repeats`` runs. The first run of every budget saves its gradients (π_old pass: its log-probs);
-the table reports their largest absolute difference from the whole-batch run's, so the rows do the
-same work.
+of ``--repeats`` runs (``--old-repeats``, default 1, for the π_old pass, whose peak memory does not vary
+from run to run). The parent also records the CPU time other processes used during each run. The
+first run of every budget saves its gradients (π_old pass: its log-probs); the table reports their
+largest absolute difference from the whole-batch run's, so the rows do the same work.
 
-    python benchmarks/update_memory.py            # 8 groups × 8 rollouts, responses ≤ 512 (~12 min on 2 cores)
+    python benchmarks/update_memory.py            # 8 groups × 8 rollouts, responses ≤ 512 (~9 min on 2 cores)
     python benchmarks/update_memory.py --quick    # smoke run, < 1 min
 """
 
@@ -58,7 +61,12 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * PAGE
 
 
-def _maxrss_bytes() -> int:
+def _peak_rss_bytes() -> int:
+    """The process's peak RSS, ``VmHWM``: ``ru_maxrss`` without the snapshots that exited threads left in it."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -161,7 +169,7 @@ def worker(spec: dict) -> dict:
     gc.collect()
     reset = _reset_peak()
     baseline = _rss_bytes()
-    maxrss_before = _maxrss_bytes()
+    maxrss_before = _peak_rss_bytes()
     start = time.perf_counter()
     if spec["mode"] == "update":
         result = accumulate_step(
@@ -174,13 +182,14 @@ def worker(spec: dict) -> dict:
             device=device,
             world_size=1,
         )
-        out = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         extra = {"loss": float(result.metrics["train/loss"]), "skipped": result.skipped}
     else:
         out = old_logprobs_pass(logprobs_fn, batch, budget, device)
         extra = {}
     seconds = time.perf_counter() - start
-    peak = _maxrss_bytes()
+    peak = _peak_rss_bytes()
+    if spec["mode"] == "update":  # after the measurement: the flat copy is not the step's
+        out = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     if spec.get("save"):
         torch.save(out, spec["save"])
     return {
@@ -194,11 +203,29 @@ def worker(spec: dict) -> dict:
     }
 
 
+def _busy_cpu_s() -> float:
+    """CPU seconds the whole machine spent busy since boot (``/proc/stat``)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+
+
+def _own_cpu_s() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run_worker(spec: dict) -> dict:
+    """One fresh-process run; also records the CPU time other processes used meanwhile."""
+    busy, own, start = _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"worker failed (rc {out.returncode}): {out.stderr.strip()[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["process_wall_s"] = time.perf_counter() - start
+    result["other_cpu_s"] = max(_busy_cpu_s() - busy - (_own_cpu_s() - own), 0.0)
+    return result
 
 
 def split_stats(batch: RolloutBatch, max_tokens: int | None, max_sequences: int | None) -> dict:
@@ -221,7 +248,7 @@ def measure_mode(mode: str, args: argparse.Namespace, batch: RolloutBatch, workd
     for label, max_tokens, max_sequences in budgets(args):
         save = workdir / f"{mode}-{label.replace(' ', '_').replace(',', '')}.pt"
         runs = []
-        for r in range(args.repeats):
+        for r in range(args.repeats if mode == "update" else args.old_repeats):
             spec = {"args": spec_args, "mode": mode, "max_tokens": max_tokens, "max_sequences": max_sequences}
             runs.append(run_worker(spec | ({"save": str(save)} if r == 0 else {})))
         out = torch.load(save)
@@ -270,6 +297,7 @@ def main() -> None:
         "--token-budget-groups", type=int, default=2, help="token budget = this × 8 × (prompt + response)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs per budget (median reported)")
+    parser.add_argument("--old-repeats", type=int, default=1, help="runs per budget of the π_old pass")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each run")
     parser.add_argument("--no-old", action="store_true", help="skip the π_old pass")
     parser.add_argument(
@@ -283,6 +311,7 @@ def main() -> None:
         return
     if args.quick:
         args.groups, args.prompt, args.response, args.vocab, args.repeats = 2, 16, 64, 4096, 1
+        args.old_repeats = 1
         args.token_budget_groups = 1
     batch = build_batch(args.groups, args.prompt, args.response, args.vocab)
     params = sum(p.numel() for p in build_model(args).parameters())
@@ -292,7 +321,7 @@ def main() -> None:
         f"parameters ({params * 4 / MIB:.0f} MiB); mini-batch {args.groups} groups × {GROUP_SIZE} = {len(batch)} "
         f"rollouts ({contrast} with contrast), prompt ≤ {args.prompt}, response ≤ {args.response} "
         f"({int(batch.response_mask.sum()):,} response tokens, {batch.padded_tokens:,} padded); "
-        f"{args.threads} threads, median of {args.repeats} fresh processes"
+        f"{args.threads} threads, median of {args.repeats} fresh processes ({args.old_repeats} for the π_old pass)"
     )
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -308,7 +337,13 @@ def main() -> None:
             rows = measure_mode(mode, args, batch, Path(tmp))
             reference = rows[0]["reference_max_abs"]
             what = "gradient entry" if mode == "update" else "log-prob"
-            print(f"\n(largest |{what}| of the whole-batch run: {reference:.2e})")
+            runs = [run for row in rows for run in row["runs"]]
+            other = max(run["other_cpu_s"] / run["process_wall_s"] for run in runs)
+            print(
+                f"\n(largest |{what}| of the whole-batch run: {reference:.2e}; other processes used "
+                f"{sum(run['other_cpu_s'] for run in runs):.0f} CPU-s during these {len(runs)} runs, at most "
+                f"{other:.2f} cores on average during one)"
+            )
             results += rows
     if not all(r["all_raised_peak"] for r in results):
         print("(!) some run's step did not raise its process's peak RSS: that cell is an upper bound")
