@@ -111,7 +111,10 @@ def accumulate_step(
         rollout_stats: scalars of the rollout batch to average over ranks and log with this step.
 
     A micro-batch with a non-finite loss back-propagates zero instead; the flag is summed over ranks
-    and every rank then skips the update (``StepResult.skipped``).
+    and every rank then skips the update (``StepResult.skipped``). When the rollouts carry the engine's
+    behaviour log-probs, the gap to π_old is logged per token: ``rollout/mismatch_abs_mean`` and
+    ``_abs_max`` (|log π_old − log π_behaviour|) and ``rollout/mismatch_k3`` (k3 estimate of
+    KL(π_behaviour ‖ π_old)).
     """
     micro = minibatch.micro_batches(*budget) if len(minibatch) else []
     local_counts = BatchCounts.of(minibatch.response_mask, minibatch.rewards, minibatch.group_ids)
@@ -123,6 +126,7 @@ def accumulate_step(
 
     outputs: list[dict[str, Tensor]] = []
     logged_keys: set[str] = set()
+    mismatch_max = 0.0
     for i in range(all_reduce_max(len(micro))):
         if i >= len(micro):
             logprobs, _ = logprobs_fn(dummy_batch(minibatch.temperature, device))
@@ -144,6 +148,12 @@ def accumulate_step(
         backward(out.loss * world_size if finite else logprobs.sum() * 0.0)
         mask = batch.response_mask
         tokens = mask.sum()
+        if batch.behaviour_logprobs is not None:  # train/inference mismatch: π_old against the sampler's log-probs
+            gap = torch.where(mask, old.detach().float() - batch.behaviour_logprobs, torch.zeros((), device=device))
+            add("mismatch_abs", gap.abs().sum())
+            add("mismatch_k3", (torch.expm1(gap) - gap).sum())  # k3 of KL(π_behaviour ‖ π_old): r − 1 − log r
+            add("mismatch_tokens", tokens)
+            mismatch_max = max(mismatch_max, float(gap.abs().max()))
         add("nonfinite", 0.0 if finite else 1.0)
         add("loss", out.loss.detach())
         add("tokens", tokens)
@@ -162,7 +172,8 @@ def accumulate_step(
         outputs.append({k: metrics[k].detach().cpu() for k in (*_PER_ROLLOUT, "weight_normalizer") if k in metrics})
         del logprobs, entropy, out
     names = ["nonfinite", "loss", "tokens", "entropy", *_TOKEN_WEIGHTED, "groups", "contrast_groups"]
-    names += ["weight_abs_pos", "count_pos", "weight_abs_neg", "count_neg"]
+    names += ["weight_abs_pos", "count_pos", "weight_abs_neg", "count_neg", "mismatch_abs", "mismatch_k3"]
+    names += ["mismatch_tokens"]
     stats = dict(sorted((rollout_stats or {}).items()))
     packed = torch.stack(
         [sums.get(n, torch.zeros((), dtype=torch.float64)) for n in names]
@@ -179,6 +190,11 @@ def accumulate_step(
     }
     logged.update({f"train/{n}": total[n] / tokens for n in _TOKEN_WEIGHTED if n in logged_keys})
     logged.update({k: total[k] / world_size for k in stats})
+    if float(total["mismatch_tokens"]) > 0:  # the engine reports behaviour log-probs (every rank's does)
+        mismatch_tokens = total["mismatch_tokens"]
+        logged["rollout/mismatch_abs_mean"] = total["mismatch_abs"] / mismatch_tokens
+        logged["rollout/mismatch_k3"] = total["mismatch_k3"] / mismatch_tokens
+        logged["rollout/mismatch_abs_max"] = all_reduce(torch.tensor([mismatch_max], dtype=torch.float64), "max")[0]
     merged = None
     if outputs:
         per_rollout = {k: torch.cat([o[k] for o in outputs]) for k in _PER_ROLLOUT if k in outputs[0]}

@@ -14,11 +14,13 @@ from real_lightning.module import RealPolicyModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
+OVERLAYS = {"vllm.yaml"}  # switch any config to another engine: parsed on top of the quickstart
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_config_parses(config: Path, capsys) -> None:
-    stack = ["-c", str(CONFIGS / "quickstart.yaml")] if "baselines" in config.parts else []
+    overlay = "baselines" in config.parts or config.name in OVERLAYS
+    stack = ["-c", str(CONFIGS / "quickstart.yaml")] if overlay else []
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *stack, "-c", str(config), "--print_config"])
     assert exit_info.value.code == 0

@@ -141,3 +141,21 @@ def test_a_rank_with_fewer_micro_batches_runs_zero_weight_passes(module64, monke
     assert calls == [1, 1] and not result.skipped  # two one-token dummy passes
     grads = [p.grad for p in module64.policy.parameters()]
     assert all(g is not None and not g.any() for g in grads)  # every parameter took part, with zero weight
+
+
+def test_train_inference_mismatch_is_logged_when_the_engine_reports_behaviour_logprobs(module64) -> None:
+    batch = _rollouts(module64.policy.config.vocab_size)
+    batch.old_logprobs = old_logprobs_pass(module64.response_logprobs, batch, (None, None), torch.device("cpu"))
+    gap = torch.where(torch.arange(len(batch))[:, None] % 2 == 0, 0.1, -0.3).expand_as(batch.old_logprobs)
+    batch.behaviour_logprobs = (batch.old_logprobs - gap).where(batch.response_mask, torch.zeros(()))
+    _, result = _step(module64, batch, (None, 4), "real")
+    counted = gap[batch.response_mask].double()
+    metrics = result.metrics
+    torch.testing.assert_close(metrics["rollout/mismatch_abs_mean"].double(), counted.abs().mean(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        metrics["rollout/mismatch_abs_max"].double(), torch.tensor(0.3).double(), rtol=1e-6, atol=0
+    )
+    expected_k3 = (torch.expm1(counted) - counted).mean()
+    torch.testing.assert_close(metrics["rollout/mismatch_k3"].double(), expected_k3, rtol=1e-5, atol=0)
+    batch.behaviour_logprobs = None
+    assert "rollout/mismatch_k3" not in _step(module64, batch, (None, 4), "real")[1].metrics

@@ -7,10 +7,11 @@ them; an engine never reads the trainer); :meth:`~RolloutEngine.generate` with a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
@@ -42,6 +43,52 @@ class Generation:
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    @classmethod
+    def from_token_lists(
+        cls,
+        prompts: Sequence[Sequence[int]],
+        n: int,
+        responses: Sequence[Sequence[int]],
+        truncated: Sequence[bool],
+        texts: Sequence[str],
+        pad_id: int,
+        behaviour_logprobs: Sequence[Sequence[float]] | None = None,
+    ) -> Generation:
+        """Pad token lists into a :class:`Generation` (``responses[p·n + j]`` answers ``prompts[p]``).
+
+        Every token of a response counts (engines that stop at EOS or a stop string return exactly the
+        tokens through it).
+        """
+        if len(responses) != len(prompts) * n:
+            raise ValueError(f"{len(responses)} responses for {len(prompts)} prompts × n={n}")
+        prompt_width = max(len(p) for p in prompts)
+        width = max(1, max(len(r) for r in responses))
+        rows = len(responses)
+        input_ids = torch.full((rows, prompt_width + width), pad_id, dtype=torch.long)
+        attention = torch.zeros((rows, prompt_width + width), dtype=torch.long)
+        response_mask = torch.zeros((rows, width), dtype=torch.bool)
+        behaviour = torch.zeros((rows, width), dtype=torch.float32) if behaviour_logprobs is not None else None
+        for row, response in enumerate(responses):
+            prompt = prompts[row // n]
+            start = prompt_width - len(prompt)
+            input_ids[row, start:prompt_width] = torch.tensor(list(prompt), dtype=torch.long)
+            attention[row, start:prompt_width] = 1
+            if response:
+                input_ids[row, prompt_width : prompt_width + len(response)] = torch.tensor(list(response))
+                attention[row, prompt_width : prompt_width + len(response)] = 1
+                response_mask[row, : len(response)] = True
+                if behaviour is not None:
+                    behaviour[row, : len(response)] = torch.tensor(list(behaviour_logprobs[row]), dtype=torch.float32)
+        return cls(
+            input_ids=input_ids,
+            attention_mask=attention,
+            response_mask=response_mask,
+            prompt_length=prompt_width,
+            truncated=torch.tensor(list(truncated), dtype=torch.bool),
+            texts=list(texts),
+            behaviour_logprobs=behaviour,
+        )
 
 
 @runtime_checkable

@@ -14,7 +14,6 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from real_lightning.rollout.engine import Generation
-from real_lightning.rollout.hf import left_pad
 
 
 class ScriptedEngine:
@@ -38,28 +37,18 @@ class ScriptedEngine:
     def generate(self, prompts: list[list[int]], n: int, seed: int) -> Generation:
         tokenizer = self._tokenizer
         assert tokenizer is not None, "setup first"
-        ids, mask = left_pad(prompts, tokenizer.pad_token_id, torch.device("cpu"))
         responses = []
         for prompt in prompts:
             for j in range(n):
                 key = hashlib.sha256(f"{prompt}/{j}".encode()).digest()
                 gen = torch.Generator().manual_seed(int.from_bytes(key[:7], "little"))
                 length = int(torch.randint(1, self.max_new_tokens + 1, (1,), generator=gen))
-                tokens = torch.randint(2, len(tokenizer), (length,), generator=gen).tolist()
-                responses.append(tokens)
-        width = self.max_new_tokens
-        out = torch.full((len(responses), width), tokenizer.pad_token_id, dtype=torch.long)
-        response_mask = torch.zeros((len(responses), width), dtype=torch.bool)
-        for row, tokens in enumerate(responses):
-            out[row, : len(tokens)] = torch.tensor(tokens)
-            response_mask[row, : len(tokens)] = True
-        input_ids = torch.cat([ids.repeat_interleave(n, 0), out], 1)
-        attention = torch.cat([mask.repeat_interleave(n, 0), response_mask.long()], 1)
-        return Generation(
-            input_ids=input_ids,
-            attention_mask=attention,
-            response_mask=response_mask,
-            prompt_length=ids.shape[1],
-            truncated=torch.tensor([len(t) == width for t in responses]),
+                responses.append(torch.randint(2, len(tokenizer), (length,), generator=gen).tolist())
+        return Generation.from_token_lists(
+            prompts,
+            n,
+            responses,
+            truncated=[len(t) == self.max_new_tokens for t in responses],
             texts=[tokenizer.decode(t) for t in responses],
+            pad_id=tokenizer.pad_token_id,
         )

