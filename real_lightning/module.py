@@ -30,7 +30,7 @@ from real_lightning.policy.loading import BUILTIN, load_policy, load_tokenizer
 from real_lightning.rollout.batch import RolloutBatch, ValidationRollouts
 from real_lightning.rollout.collector import RolloutCollector
 from real_lightning.rollout.requests import RolloutRequest, ValidationRequest
-from real_lightning.update import StepResult, accumulate_step, old_logprobs_pass
+from real_lightning.update import ImportanceSampling, StepResult, accumulate_step, old_logprobs_pass
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 _NOT_HPARAMS = {"counts"}
@@ -57,6 +57,11 @@ class RealPolicyModule(LightningModule):
         logprob_chunk_size: positions per chunk of the log-softmax (memory: one [B, chunk, V] at a time).
         dtype: parameter dtype of the loaded policy (``None``: as saved; ``float64`` for exactness tests).
         export_dir: write the policy and tokenizer in Hugging Face format here at the end of ``fit``.
+        importance_sampling: truncated importance sampling against the engine's behaviour log-probs (vLLM):
+            ``token`` weights each token's gradient by min(π_old/π_behaviour, cap), ``sequence`` each rollout's
+            by min(Π_t π_old/π_behaviour, cap); ``off``. Engines that sample with the training weights
+            (HFEngine) report no behaviour log-probs: no correction applies (the ratio is 1).
+        importance_cap: C, the truncation of the importance weights.
     """
 
     def __init__(
@@ -74,6 +79,8 @@ class RealPolicyModule(LightningModule):
         logprob_chunk_size: int = 256,
         dtype: Literal["float32", "bfloat16", "float16", "float64"] | None = None,
         export_dir: str | None = None,
+        importance_sampling: Literal["off", "token", "sequence"] = "off",
+        importance_cap: float = 2.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -87,6 +94,7 @@ class RealPolicyModule(LightningModule):
         self.policy = load_policy(pretrained, _DTYPES[dtype] if dtype else None).train()
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.importance_sampling = ImportanceSampling(importance_sampling, importance_cap)
         self.skipped_steps = 0
         self._skip_update = False
         self._engines_set_up: set[int] = set()
@@ -175,6 +183,7 @@ class RealPolicyModule(LightningModule):
             device=self.device,
             world_size=self.trainer.world_size,
             rollout_stats={**minibatch.stats, "time/old_logprobs_s": old_seconds} if minibatch.stats else {},
+            importance_sampling=self.importance_sampling,
         )
         self._skip_update = result.skipped
         self._log_step(result, len(minibatch))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -28,6 +28,33 @@ Budget = tuple[int | None, int | None]
 
 _PER_ROLLOUT = ("scores", "grad_weights", "labels", "advantages")
 _TOKEN_WEIGHTED = ("ppo_kl", "low_var_kl", "clip_fraction", "clip_fraction_high", "clip_fraction_low")
+
+
+@dataclass(frozen=True)
+class ImportanceSampling:
+    """Truncated importance sampling (TIS) of rollouts sampled by an engine whose distribution differs from π_old.
+
+    Args:
+        mode: ``token``: w_t = min(π_old(o_t)/π_behaviour(o_t), cap) per response token; ``sequence``:
+            w_i = min(Π_t π_old/π_behaviour, cap) per rollout; ``off``: none.
+        cap: C, the truncation (verl and TRL default to 2).
+    """
+
+    mode: Literal["off", "token", "sequence"] = "off"
+    cap: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("off", "token", "sequence"):
+            raise ValueError(f"importance_sampling.mode must be off, token or sequence, got {self.mode!r}")
+        if not self.cap > 0:
+            raise ValueError(f"importance_sampling.cap must be > 0, got {self.cap}")
+
+    def weights(self, old: Tensor, behaviour: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Detached weights ([B, T] for ``token``, [B] for ``sequence``) and how many were truncated."""
+        delta = torch.where(mask, old.float() - behaviour.float(), torch.zeros((), device=old.device))
+        raw = torch.exp(delta) if self.mode == "token" else torch.exp(delta.sum(-1))
+        clipped = ((raw > self.cap) & mask).sum() if self.mode == "token" else (raw > self.cap).sum()
+        return raw.clamp(max=self.cap).to(old.dtype).detach(), clipped
 
 
 @dataclass
@@ -96,6 +123,7 @@ def accumulate_step(
     device: torch.device,
     world_size: int,
     rollout_stats: dict[str, float] | None = None,
+    importance_sampling: ImportanceSampling | None = None,
 ) -> StepResult:
     """Forward and backward every micro-batch of ``minibatch``; the gradients add up in ``.grad``.
 
@@ -109,6 +137,8 @@ def accumulate_step(
         device: where the policy runs.
         world_size: ranks whose gradients DDP/FSDP will average (each loss is multiplied by it).
         rollout_stats: scalars of the rollout batch to average over ranks and log with this step.
+        importance_sampling: truncated importance sampling of the rollouts against the engine's behaviour
+            log-probs (applied when the rollouts carry them; None or mode ``off``: no correction).
 
     A micro-batch with a non-finite loss back-propagates zero instead; the flag is summed over ranks
     and every rank then skips the update (``StepResult.skipped``). When the rollouts carry the engine's
@@ -135,6 +165,17 @@ def accumulate_step(
         batch = micro[i].to(device)
         logprobs, entropy = logprobs_fn(batch, with_entropy=True)
         old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
+        weights = None
+        if (
+            importance_sampling is not None
+            and importance_sampling.mode != "off"
+            and batch.behaviour_logprobs is not None
+        ):
+            weights, clipped = importance_sampling.weights(old.detach(), batch.behaviour_logprobs, batch.response_mask)
+            add("is_weight", weights.sum() if weights.dim() == 1 else (weights * batch.response_mask).sum())
+            add("is_clipped", clipped)
+            add("is_units", weights.numel() if weights.dim() == 1 else batch.response_mask.sum())
+        extra = {} if weights is None else {"importance_weights": weights}
         out = loss_fn(
             logprobs=logprobs,
             old_logprobs=old,
@@ -142,6 +183,7 @@ def accumulate_step(
             rewards=batch.rewards,
             group_ids=batch.group_ids,
             counts=counts,
+            **extra,
             **loss_kwargs,
         )
         finite = bool(torch.isfinite(out.loss))
@@ -173,7 +215,7 @@ def accumulate_step(
         del logprobs, entropy, out
     names = ["nonfinite", "loss", "tokens", "entropy", *_TOKEN_WEIGHTED, "groups", "contrast_groups"]
     names += ["weight_abs_pos", "count_pos", "weight_abs_neg", "count_neg", "mismatch_abs", "mismatch_k3"]
-    names += ["mismatch_tokens"]
+    names += ["mismatch_tokens", "is_weight", "is_clipped", "is_units"]
     stats = dict(sorted((rollout_stats or {}).items()))
     packed = torch.stack(
         [sums.get(n, torch.zeros((), dtype=torch.float64)) for n in names]
@@ -190,6 +232,9 @@ def accumulate_step(
     }
     logged.update({f"train/{n}": total[n] / tokens for n in _TOKEN_WEIGHTED if n in logged_keys})
     logged.update({k: total[k] / world_size for k in stats})
+    if float(total["is_units"]) > 0:
+        logged["rollout/is_weight_mean"] = total["is_weight"] / total["is_units"]
+        logged["rollout/is_clipped_fraction"] = total["is_clipped"] / total["is_units"]
     if float(total["mismatch_tokens"]) > 0:  # the engine reports behaviour log-probs (every rank's does)
         mismatch_tokens = total["mismatch_tokens"]
         logged["rollout/mismatch_abs_mean"] = total["mismatch_abs"] / mismatch_tokens

@@ -159,3 +159,46 @@ def test_train_inference_mismatch_is_logged_when_the_engine_reports_behaviour_lo
     torch.testing.assert_close(metrics["rollout/mismatch_k3"].double(), expected_k3, rtol=1e-5, atol=0)
     batch.behaviour_logprobs = None
     assert "rollout/mismatch_k3" not in _step(module64, batch, (None, 4), "real")[1].metrics
+
+
+def test_truncated_importance_sampling_weights_the_step_gradient(module64) -> None:
+    from real_lightning.update import ImportanceSampling
+
+    batch = _rollouts(module64.policy.config.vocab_size)
+    old = old_logprobs_pass(module64.response_logprobs, batch, (None, None), torch.device("cpu"))
+    batch.old_logprobs = (old * 1024).round() / 1024  # exact in float32: the log-ratio below is exactly 1/8
+    batch.behaviour_logprobs = (batch.old_logprobs - 0.125).where(batch.response_mask, torch.zeros(()))
+    ratio = float(torch.exp(torch.tensor(0.125)))  # the weight, as computed (float32)
+
+    def step(sampling):
+        module64.policy.zero_grad(set_to_none=True)
+        result = accumulate_step(
+            batch,
+            (None, 4),
+            logprobs_fn=module64.response_logprobs,
+            loss_fn=LOSSES["grpo"],
+            loss_kwargs={},
+            backward=lambda value: value.backward(),
+            device=torch.device("cpu"),
+            world_size=1,
+            importance_sampling=sampling,
+        )
+        return torch.cat([p.grad.flatten() for p in module64.policy.parameters()]), result.metrics
+
+    plain, metrics = step(ImportanceSampling("off"))
+    assert "rollout/is_weight_mean" not in metrics
+    # Qwen2's RMSNorm and rotary embedding compute in float32 even in a float64 model, so a scaled upstream
+    # gradient comes back scaled up to float32 rounding (~1e-7 of the largest entry), not bit for bit
+    tol = {"rtol": 1e-6, "atol": 1e-6 * float(plain.abs().max())}
+    token, metrics = step(ImportanceSampling("token", cap=2.0))  # every weight e^(1/8), below the cap
+    torch.testing.assert_close(token, plain * ratio, **tol)
+    assert float(metrics["rollout/is_clipped_fraction"]) == 0.0
+    capped, metrics = step(ImportanceSampling("token", cap=1.05))  # every weight truncated to 1.05
+    torch.testing.assert_close(capped, plain * 1.05, **tol)
+    assert float(metrics["rollout/is_clipped_fraction"]) == 1.0
+    assert float(metrics["rollout/is_weight_mean"]) == pytest.approx(1.05, rel=1e-6)
+    sequence, metrics = step(ImportanceSampling("sequence", cap=1.0))  # Π_t e^(1/8) > 1: every rollout at the cap
+    torch.testing.assert_close(sequence, plain, rtol=0, atol=0)  # weights exactly 1: the same computation
+    assert float(metrics["rollout/is_clipped_fraction"]) == 1.0
+    with pytest.raises(ValueError, match=r"importance_sampling.cap must be > 0"):
+        ImportanceSampling("token", cap=0)

@@ -2,13 +2,18 @@
 
 Every entry of :data:`LOSSES` has the signature::
 
-    fn(*, logprobs, old_logprobs, response_mask, rewards, group_ids, counts=None, **hparams) -> LossOutput
+    fn(*, logprobs, old_logprobs, response_mask, rewards, group_ids, counts=None, importance_weights=None,
+       **hparams) -> LossOutput
 
 with ``logprobs``/``old_logprobs``/``response_mask`` [B, T], ``rewards`` and ``group_ids`` [B];
 a call without hyper-parameters uses the paper's setting. ``counts`` (:class:`BatchCounts`) are
 the counts of the whole optimizer step the batch belongs to; each loss divides by the one in its
 unit, so micro-batches of whole groups add up to the step's loss and gradient (``None``: the
-batch is the step).
+batch is the step). ``importance_weights`` ([B, T] per token or [B] per sequence, detached,
+finite, ≥ 0) are truncated importance sampling weights min(π_old/π_behaviour, C) for rollouts
+from an engine whose sampling distribution differs from π_old (vLLM): they multiply each token's
+(or sequence's) contribution to the gradient and leave the loss value unchanged (``None``: no
+correction, bit-identical to omitting them).
 
 Example:
     >>> import torch
@@ -59,6 +64,7 @@ class LossFn(Protocol):
         rewards: Tensor,
         group_ids: Tensor,
         counts: BatchCounts | None = None,
+        importance_weights: Tensor | None = None,
         **hparams: float | bool,
     ) -> LossOutput: ...
 

@@ -1,4 +1,4 @@
-"""What every loss shares: input checks, the sequence score s_i, KL diagnostics, LossOutput."""
+"""What every loss shares: input checks, the sequence score s_i, KL diagnostics, LossOutput, TIS weights."""
 
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ class LossOutput:
 
             Clipped losses add ``clip_fraction`` (and ``_high`` / ``_low``), the share of tokens
             (sequences for GSPO) whose gradient the clip removes, and ``advantages`` [B].
+            With ``importance_weights`` every loss adds ``importance_weight_mean`` [], the mean weight
+            over the response tokens (a [B] weight counts once per token of its row), and
+            ``grad_weights`` (so ``weight_abs_mean_pos`` / ``_neg``) include the weights (see
+            :func:`prepare`); every other metric is the unweighted one.
     """
 
     loss: Tensor
@@ -158,6 +162,18 @@ def check_inputs(
         raise ValueError(f"logprobs must be floating point, got {logprobs.dtype}")
 
 
+def check_importance_weights(importance_weights: Tensor, logprobs: Tensor) -> None:
+    """Raise ``ValueError`` unless ``importance_weights`` is a floating [B, T] or [B] tensor (no sync)."""
+    batch, length = logprobs.shape
+    if importance_weights.shape not in ((batch, length), (batch,)):
+        raise ValueError(
+            f"importance_weights must be [B, T] = [{batch}, {length}] (per token) or [B] = [{batch}] "
+            f"(per sequence), got shape {tuple(importance_weights.shape)}"
+        )
+    if not importance_weights.is_floating_point():
+        raise ValueError(f"importance_weights must be floating point, got {importance_weights.dtype}")
+
+
 def check_positive(**hparams: float) -> None:
     """Raise ``ValueError`` naming any hyper-parameter that is not > 0."""
     for name, value in hparams.items():
@@ -196,17 +212,68 @@ def masked_mean(values: Tensor, select: Tensor) -> Tensor:
     return torch.where(select, values, torch.zeros_like(values)).sum() / select.sum().clamp_min(1)
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """Identity in the forward pass (a view: the value is bit-identical); the backward multiplies by ``weights``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weights: Tensor) -> Tensor:
+        ctx.save_for_backward(weights)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (weights,) = ctx.saved_tensors
+        return grad * weights, None
+
+
+@dataclass(frozen=True)
+class ImportanceWeights:
+    """Truncated importance sampling weights as the losses use them (built by :func:`prepare`).
+
+    Attributes:
+        tokens: [B, T] per-token weights, 0 outside the mask, or [B, 1] per-sequence weights (0 for
+            an empty response); in the compute dtype, detached. Broadcasts against [B, T].
+        rows: [B] each row's mean weight over its response tokens (w_i for per-sequence weights):
+            Σ_t ∂loss/∂logprobs[i, t] = rows_i · ∂loss/∂s_i for a loss that is a function of s.
+        mean: [] mean weight over the batch's response tokens (the ``importance_weight_mean`` metric).
+        guard: [] 0, or NaN when a response token's weight is negative, NaN or infinite.
+    """
+
+    tokens: Tensor
+    rows: Tensor
+    mean: Tensor
+    guard: Tensor
+
+    @classmethod
+    def of(cls, importance_weights: Tensor, mask: Tensor, lengths: Tensor) -> ImportanceWeights:
+        weights = importance_weights.detach().to(lengths.dtype)
+        zero = torch.zeros((), dtype=weights.dtype, device=weights.device)
+        if weights.dim() == 2:
+            tokens = torch.where(mask, weights, zero)  # padding may hold anything: it never reaches a value
+            token_sum = tokens.sum(-1)
+            rows = token_sum / lengths
+        else:
+            tokens = torch.where(mask.any(-1), weights, zero)[:, None]
+            token_sum = tokens[:, 0] * mask.sum(-1).to(weights.dtype)
+            rows = tokens[:, 0]
+        # sqrt(w) is NaN for w < 0 or NaN and inf for +inf, so 0·Σ sqrt(w) is 0 exactly when all are valid
+        guard = tokens.sqrt().sum() * 0
+        return cls(tokens, rows, token_sum.sum() / mask.sum().clamp_min(1), guard)
+
+
 @dataclass(frozen=True)
 class PreparedBatch:
     """Quantities every loss derives from its inputs.
 
     Attributes:
         mask: [B, T] bool response mask.
-        log_ratio: [B, T] log π_θ − log π_old in the compute dtype, 0 outside the mask.
+        log_ratio: [B, T] log π_θ − log π_old in the compute dtype, 0 outside the mask. With importance
+            weights its value is unchanged and its gradient is scaled by them (see :func:`prepare`).
         lengths: [B] response lengths, at least 1.
         scores: [B] sequence scores s_i (differentiable).
         rewards: [B] rewards in the compute dtype (detached).
         groups: group structure and labels.
+        weights: the importance weights, or None.
     """
 
     mask: Tensor
@@ -215,16 +282,48 @@ class PreparedBatch:
     scores: Tensor
     rewards: Tensor
     groups: Groups
+    weights: ImportanceWeights | None = None
+
+    def weigh_rows(self, grad_weights: Tensor) -> Tensor:
+        """[B] ∂loss/∂s_i of a loss that is a function of s → its effective weight Σ_t ∂loss/∂logprobs[i, t]."""
+        return grad_weights if self.weights is None else grad_weights * self.weights.rows
+
+    def finish(self, loss: Tensor) -> Tensor:
+        """The loss, made NaN (without a host sync) if a response token's importance weight is invalid."""
+        return loss if self.weights is None else loss + self.weights.guard
 
 
 def prepare(
-    logprobs: Tensor, old_logprobs: Tensor, response_mask: Tensor, rewards: Tensor, group_ids: Tensor
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    response_mask: Tensor,
+    rewards: Tensor,
+    group_ids: Tensor,
+    importance_weights: Tensor | None = None,
 ) -> PreparedBatch:
-    """Check the inputs and compute the mask, log-ratios, scores and groups (arguments as in the losses)."""
+    """Check the inputs and compute the mask, log-ratios, scores and groups (arguments as in the losses).
+
+    Truncated importance sampling: with ``importance_weights`` (w, [B, T] per token or [B] per
+    sequence, detached, finite and ≥ 0) the log-ratio keeps its value but its gradient is scaled:
+    ∂/∂logprobs[i, t] = w_{i,t} · ∂loss/∂log-ratio[i, t]. Every loss depends on logprobs[i, t] only
+    through log-ratio[i, t], so each token's contribution to the gradient is multiplied by its
+    weight, as verl and TRL multiply each token's loss term by w — while the loss value, and every
+    metric but ``grad_weights`` and its means, stay those of the unweighted loss. Weights outside
+    the mask are ignored; weights are detached here. Invalid weights (negative, NaN, ±inf at a
+    response token) cannot raise without a host sync; :meth:`PreparedBatch.finish` makes the loss
+    NaN instead, so a non-finite-loss check catches them rather than NaN gradients passing under a
+    finite loss.
+    """
     check_inputs(logprobs, old_logprobs, response_mask, rewards, group_ids)
+    if importance_weights is not None:
+        check_importance_weights(importance_weights, logprobs)
     mask = as_bool_mask(response_mask)
     log_ratio = token_log_ratio(logprobs, old_logprobs, mask)
     lengths = response_lengths(mask, log_ratio.dtype)
+    weights = None
+    if importance_weights is not None:
+        weights = ImportanceWeights.of(importance_weights, mask, lengths)
+        log_ratio = _ScaleGradient.apply(log_ratio, weights.tokens)
     rewards = rewards.detach().to(log_ratio.dtype)
     return PreparedBatch(
         mask=mask,
@@ -233,11 +332,15 @@ def prepare(
         scores=sequence_scores(log_ratio, lengths),
         rewards=rewards,
         groups=build_groups(rewards, group_ids),
+        weights=weights,
     )
 
 
 def base_metrics(batch: PreparedBatch, grad_weights: Tensor, normalizer: Tensor | int) -> dict[str, Tensor]:
-    """The metrics every loss reports (see :class:`LossOutput`), all detached."""
+    """The metrics every loss reports (see :class:`LossOutput`), all detached.
+
+    ``grad_weights`` [B] is the effective weight Z·Σ_t ∂loss/∂logprobs[i, t], importance weights included.
+    """
     scores, groups = batch.scores.detach(), batch.groups
     # an empty response has no token to carry gradient: its effective weight is 0
     grad_weights = torch.where(batch.mask.any(-1), grad_weights.detach(), torch.zeros_like(scores))
@@ -245,7 +348,7 @@ def base_metrics(batch: PreparedBatch, grad_weights: Tensor, normalizer: Tensor 
     num_tokens = batch.mask.sum().clamp_min(1)
     k3 = log_ratio.neg().expm1_().add_(log_ratio)  # exp(d) − 1 − d with d = −log-ratio; one [B, T] buffer
     abs_weights = grad_weights.abs()
-    return {
+    metrics = {
         "scores": scores,
         "grad_weights": grad_weights,
         "weight_normalizer": torch.as_tensor(normalizer, device=scores.device).to(scores.dtype),
@@ -257,6 +360,9 @@ def base_metrics(batch: PreparedBatch, grad_weights: Tensor, normalizer: Tensor 
         "ppo_kl": -log_ratio.sum() / num_tokens,
         "low_var_kl": k3.sum() / num_tokens,
     }
+    if batch.weights is not None:
+        metrics["importance_weight_mean"] = batch.weights.mean
+    return metrics
 
 
 def as_bool_mask(response_mask: Tensor) -> Tensor:

@@ -15,6 +15,10 @@ gspo   per sequence, exp(s_i)   3e-4, 4e-4         mean over sequences
 
 "The batch" is the optimizer step: with ``counts=`` (:class:`~real_lightning.losses.common.BatchCounts`)
 a micro-batch divides by the step's sequences (grpo, gspo) or tokens (dapo).
+
+Truncated importance sampling (``importance_weights=``, see :func:`~real_lightning.losses.common.prepare`)
+multiplies each token's gradient by its weight w_t: −w_t·A_i·ρ_t times the aggregation's factor where
+the clip is inactive, 0 where it is active (GSPO: −A_i·ρ_i·w_t/|o_i|); the loss value is unchanged.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ class _PGTerms:
     """
 
     value_sum: Tensor  # [B] differentiable, Σ over the row's tokens (or its sequence) of the clipped ratio
-    active_ratio_sum: Tensor  # [B] detached, Σ over unclipped response tokens (or the sequence) of ρ
+    active_ratio_sum: Tensor  # [B] detached, Σ over unclipped response tokens (or the sequence) of w·ρ (w: TIS, else 1)
     clip_high: Tensor  # [B] count of tokens (sequences: 0/1) clipped above, A > 0 and ρ > 1 + ε_high
     clip_low: Tensor  # [B] count of tokens (sequences: 0/1) clipped below, A < 0 and ρ < 1 − ε_low
 
@@ -92,6 +96,7 @@ def _terms(batch: PreparedBatch, variant: Variant, clip_low: float, clip_high: f
         bound = torch.full_like(ratio, 1 - clip_low).masked_fill_(high, 1 + clip_high).detach()
         value = torch.where(active, ratio, bound)
         active_ratio = torch.where(active & batch.mask.any(-1), ratio.detach(), torch.zeros_like(value))
+        active_ratio = batch.weigh_rows(active_ratio)
         return _PGTerms(value, active_ratio, high.to(value.dtype), low.to(value.dtype))
     ratio = torch.exp(batch.log_ratio)  # [B, T]; exactly 1 outside the mask, where no clip can be active
     high, low = clip_masks(ratio.detach(), adv[:, None], clip_low, clip_high)
@@ -99,7 +104,10 @@ def _terms(batch: PreparedBatch, variant: Variant, clip_low: float, clip_high: f
     active_sum = torch.where(active, ratio, torch.zeros((), dtype=ratio.dtype, device=ratio.device)).sum(-1)
     n_high, n_low = high.sum(-1).to(ratio.dtype), low.sum(-1).to(ratio.dtype)
     value_sum = active_sum + (1 + clip_high) * n_high + (1 - clip_low) * n_low
-    return _PGTerms(value_sum, active_sum.detach(), n_high, n_low)
+    if batch.weights is None:
+        return _PGTerms(value_sum, active_sum.detach(), n_high, n_low)
+    weighted = torch.where(active, ratio.detach() * batch.weights.tokens, ratio.new_zeros(()))
+    return _PGTerms(value_sum, weighted.sum(-1), n_high, n_low)
 
 
 @dataclass(frozen=True)
@@ -135,7 +143,8 @@ def _closed_form_weights(
 
     Per token ∂(−min(ρA, clip(ρ)A))/∂log π = −Aρ where the clip is inactive, 0 where it is active;
     for GSPO ∂ρ/∂s = ρ. So the weight is −A_i·Σ_active ρ times the aggregation's factor
-    (1/|o_i| for GRPO, N/N_tok for DAPO).
+    (1/|o_i| for GRPO, N/N_tok for DAPO); importance weights turn Σ_active ρ into Σ_active w_t·ρ_t
+    (GSPO: ρ_i times the row's mean token weight).
     """
     signal = -adv * terms.active_ratio_sum
     if variant == "gspo":
@@ -159,14 +168,15 @@ def _pg_loss(
     adv_eps: float,
     scale_adv_by_std: bool,
     counts: BatchCounts | None,
+    importance_weights: Tensor | None,
 ) -> LossOutput:
     if clip_low < 0 or clip_high < 0:
         raise ValueError(f"clip_low and clip_high must be >= 0, got {clip_low}, {clip_high}")
-    batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids)
+    batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids, importance_weights)
     step = _StepCounts.of(counts, batch)
     adv = group_advantages(batch.rewards, batch.groups, adv_eps, scale_adv_by_std)
     terms = _terms(batch, variant, clip_low, clip_high, adv)
-    loss = _aggregate(adv * terms.value_sum, batch, variant, step)
+    loss = batch.finish(_aggregate(adv * terms.value_sum, batch, variant, step))
     normalizer = batch.mask.shape[0] if step is None else step.sequences
     metrics = base_metrics(batch, _closed_form_weights(terms, adv, batch, variant, step), normalizer)
     metrics["advantages"] = adv
@@ -190,6 +200,7 @@ def pg_gradient_weights(
     adv_eps: float = DEFAULT_ADV_EPS,
     scale_adv_by_std: bool = True,
     counts: BatchCounts | None = None,
+    importance_weights: Tensor | None = None,
 ) -> Tensor:
     """Closed-form effective per-rollout weights [B] of a GRPO-family loss, N·Σ_t ∂loss/∂logprobs[i, t].
 
@@ -197,12 +208,13 @@ def pg_gradient_weights(
     N and N_tok are the sequences and response tokens of the step (``counts``; ``None``: of this
     batch), so only DAPO's weight depends on them. On-policy (ρ = 1) GRPO's weight is −A_i,
     whatever the rollout's probability. Clip ranges default to the variant's (:data:`CLIP_RANGES`).
+    With ``importance_weights`` ρ_t becomes w_t·ρ_t (gspo: e^{s_i} times the row's mean weight).
     """
     default_low, default_high = CLIP_RANGES[variant]
     clip_low = default_low if clip_low is None else clip_low
     clip_high = default_high if clip_high is None else clip_high
     with torch.no_grad():
-        batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids)
+        batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids, importance_weights)
         adv = group_advantages(batch.rewards, batch.groups, adv_eps, scale_adv_by_std)
         terms = _terms(batch, variant, clip_low, clip_high, adv)
         return _closed_form_weights(terms, adv, batch, variant, _StepCounts.of(counts, batch))
@@ -220,6 +232,7 @@ def grpo_loss(
     adv_eps: float = DEFAULT_ADV_EPS,
     scale_adv_by_std: bool = True,
     counts: BatchCounts | None = None,
+    importance_weights: Tensor | None = None,
 ) -> LossOutput:
     """GRPO: token-level PPO clip, mean over each sequence's tokens, then over sequences.
 
@@ -232,6 +245,10 @@ def grpo_loss(
         scale_adv_by_std: divide the centred reward by the group std (False: Dr. GRPO).
         counts: the optimizer step's counts (:class:`~real_lightning.losses.common.BatchCounts`);
             the sum over sequences is divided by ``counts.sequences``. ``None``: this batch's.
+        importance_weights: truncated importance sampling weights, [B, T] per token
+            (w_t = min(π_old/π_behaviour, C)) or [B] per sequence, detached, finite and ≥ 0. Each
+            token's gradient −A·ρ_t·(1/|o_i|)/N (0 where clipped) is multiplied by w_t; the loss
+            value is unchanged (:func:`~real_lightning.losses.common.prepare`). ``None``: no correction.
     """
     return _pg_loss(
         "grpo",
@@ -245,6 +262,7 @@ def grpo_loss(
         adv_eps,
         scale_adv_by_std,
         counts,
+        importance_weights,
     )
 
 
@@ -260,6 +278,7 @@ def dapo_loss(
     adv_eps: float = DEFAULT_ADV_EPS,
     scale_adv_by_std: bool = True,
     counts: BatchCounts | None = None,
+    importance_weights: Tensor | None = None,
 ) -> LossOutput:
     """DAPO: clip-higher (ε_low 0.2, ε_high 0.28) and a token-mean over the whole step (``counts.tokens``).
 
@@ -278,6 +297,7 @@ def dapo_loss(
         adv_eps,
         scale_adv_by_std,
         counts,
+        importance_weights,
     )
 
 
@@ -293,6 +313,7 @@ def gspo_loss(
     adv_eps: float = DEFAULT_ADV_EPS,
     scale_adv_by_std: bool = True,
     counts: BatchCounts | None = None,
+    importance_weights: Tensor | None = None,
 ) -> LossOutput:
     """GSPO: sequence-level ratio exp(s_i) = exp(mean_t log-ratio), clip 3e-4/4e-4, mean over the step's sequences.
 
@@ -310,4 +331,5 @@ def gspo_loss(
         adv_eps,
         scale_adv_by_std,
         counts,
+        importance_weights,
     )

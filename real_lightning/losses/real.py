@@ -4,6 +4,12 @@ Each rollout i of a prompt gets the sequence score s_i (mean token log-ratio aga
 sampling policy, see :func:`~real_lightning.losses.common.sequence_scores`) and a label:
 positive when its reward equals the best reward of its group, negative otherwise. Groups whose
 rewards are all equal carry no label contrast and contribute exactly zero loss and gradient.
+
+Every loss here is a function of the scores, so with truncated importance sampling
+(``importance_weights=``, see :func:`~real_lightning.losses.common.prepare`) token t of rollout i
+gets ∂loss/∂logprobs[i, t] = (∂loss/∂s_i)·w_t/|o_i| instead of (∂loss/∂s_i)/|o_i|: the rollout's
+total weight is ∂loss/∂s_i times its mean token weight (w_i for per-sequence weights). The loss
+value is unchanged.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ def real_loss(
     group_ids: Tensor,
     tau: float = DEFAULT_TAU,
     counts: BatchCounts | None = None,
+    importance_weights: Tensor | None = None,
 ) -> LossOutput:
     """REAL: per group L_q = log(1 + Σ_{O+} e^{−s_i/τ}) + log(1 + Σ_{O−} e^{s_j/τ}); loss = Σ_q L_q / G.
 
@@ -81,18 +88,23 @@ def real_loss(
         tau: temperature τ > 0 (paper: 0.5).
         counts: the optimizer step's counts (:class:`~real_lightning.losses.common.BatchCounts`);
             ``None``: this batch's.
+        importance_weights: truncated importance sampling weights, [B, T] per token
+            (w_t = min(π_old/π_behaviour, C)) or [B] per sequence, detached, finite and ≥ 0. They scale
+            each token's gradient, ∂loss/∂logprobs[i, t] = (∂loss/∂s_i)·w_t/|o_i|; the loss value is
+            unchanged (:func:`~real_lightning.losses.common.prepare`). ``None``: no correction.
 
     G = ``counts.groups`` counts every group of the step, with or without contrast, so the losses
     of micro-batches of whole groups add up to the step's. No ratio clipping: the weights are
     bounded by 1/τ (:func:`real_gradient_weights`).
     """
     check_positive(tau=tau)
-    batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids)
+    batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids, importance_weights)
     scores, groups = batch.scores, batch.groups
     pos_lse, neg_lse = _label_logsumexps(scores / tau, groups, anchor=True)
     normalizer = groups.num_groups if counts is None else step_normalizer(counts.groups, scores)
     loss = (pos_lse + neg_lse).sum() / normalizer  # groups without contrast have both terms = log 1 = 0
-    return LossOutput(loss, base_metrics(batch, _real_weights(scores, groups, tau), normalizer))
+    weights = batch.weigh_rows(_real_weights(scores, groups, tau))
+    return LossOutput(batch.finish(loss), base_metrics(batch, weights, normalizer))
 
 
 def _bce_weights(scores: Tensor, groups: Groups, tau: float) -> Tensor:
@@ -119,6 +131,7 @@ def real_bce_loss(
     group_ids: Tensor,
     tau: float = DEFAULT_TAU,
     counts: BatchCounts | None = None,
+    importance_weights: Tensor | None = None,
 ) -> LossOutput:
     """REAL-BCE: binary cross-entropy with logit s_i/τ and label y_i = [reward_i is the group's best].
 
@@ -127,7 +140,7 @@ def real_bce_loss(
     Arguments as in :func:`real_loss`.
     """
     check_positive(tau=tau)
-    batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids)
+    batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids, importance_weights)
     scores, groups = batch.scores, batch.groups
     counted = groups.labels >= 0
     per_rollout = F.binary_cross_entropy_with_logits(scores / tau, groups.positive.to(scores.dtype), reduction="none")
@@ -136,7 +149,8 @@ def real_bce_loss(
     else:
         normalizer = step_normalizer(counts.contrast_rollouts, scores)
     loss = torch.where(counted, per_rollout, torch.zeros_like(per_rollout)).sum() / normalizer
-    return LossOutput(loss, base_metrics(batch, _bce_weights(scores, groups, tau), normalizer))
+    weights = batch.weigh_rows(_bce_weights(scores, groups, tau))
+    return LossOutput(batch.finish(loss), base_metrics(batch, weights, normalizer))
 
 
 def _product_weights(scores: Tensor, groups: Groups, tau: float) -> Tensor:
@@ -169,6 +183,7 @@ def real_product_loss(
     group_ids: Tensor,
     tau: float = DEFAULT_TAU,
     counts: BatchCounts | None = None,
+    importance_weights: Tensor | None = None,
 ) -> LossOutput:
     """REAL product (circle-loss) form: L_q = softplus(logsumexp_{O−}(s/τ) + logsumexp_{O+}(−s/τ)).
 
@@ -176,11 +191,12 @@ def real_product_loss(
     (``counts.groups``). Arguments as in :func:`real_loss`.
     """
     check_positive(tau=tau)
-    batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids)
+    batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids, importance_weights)
     scores, groups = batch.scores, batch.groups
     pos_lse, neg_lse = _label_logsumexps(scores / tau, groups, anchor=False)
     u = pos_lse + neg_lse
     per_group = torch.logaddexp(u, torch.zeros_like(u))  # softplus without F.softplus's linear cut-off at 20
     normalizer = groups.num_groups if counts is None else step_normalizer(counts.groups, scores)
     loss = torch.where(groups.contrast, per_group, torch.zeros_like(per_group)).sum() / normalizer
-    return LossOutput(loss, base_metrics(batch, _product_weights(scores, groups, tau), normalizer))
+    weights = batch.weigh_rows(_product_weights(scores, groups, tau))
+    return LossOutput(batch.finish(loss), base_metrics(batch, weights, normalizer))
