@@ -226,3 +226,19 @@ def test_collector_state_restores_the_rollout_batch_in_flight(policy_dir) -> Non
     assert request[:3] == (1, 0, 1) and not restored.collector.needs_generation(request)
     again = restored.collector.minibatch(request)
     assert torch.equal(again.input_ids, second.input_ids) and torch.equal(again.rewards, second.rewards)
+
+
+def test_an_engine_that_can_sleep_is_put_to_sleep_after_sampling(policy_dir) -> None:
+    class SleepyEngine(HFEngine):
+        sleeps = 0
+
+        def sleep(self) -> None:
+            self.sleeps += 1
+
+    engine = SleepyEngine(max_new_tokens=6)
+    module = RealPolicyModule(pretrained=policy_dir)
+    dm = attached(module, make_datamodule(engine=engine, prompts_per_minibatch=2))
+    requests = iter(dm.train_dataloader())
+    dm.collector.minibatch(next(requests))
+    dm.collector.minibatch(next(requests))  # the same rollout batch: no new sampling
+    assert engine.sleeps == 1

@@ -190,6 +190,9 @@ class RolloutCollector:
             batch = kept.take_groups(kept.groups_in_order()[:count]) if len(kept) else kept
         raw = concat_batches(sampled) if len(sampled) > 1 else sampled[0]
         batch.stats = _rollout_stats(sampled, raw, batch, time.perf_counter() - start)
+        sleep = getattr(self.engine, "sleep", None)  # engines that can free their memory while the trainer runs
+        if callable(sleep):
+            sleep()
         return batch
 
     # --- validation -------------------------------------------------------------------------------

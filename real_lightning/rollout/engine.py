@@ -2,7 +2,9 @@
 
 Lifecycle (DESIGN.md §3): :meth:`RolloutEngine.setup` once the device and process group exist;
 :meth:`~RolloutEngine.update_weights` from named tensors once per policy version (the module pushes
-them; an engine never reads the trainer); :meth:`~RolloutEngine.generate` with an explicit seed.
+them; an engine never reads the trainer); :meth:`~RolloutEngine.generate` with an explicit seed. An engine
+may also have ``sleep()`` (free its memory; the collector calls it after sampling a rollout batch) and
+``wake_up()`` (it wakes itself before generating or loading weights).
 """
 
 from __future__ import annotations
