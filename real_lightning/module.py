@@ -117,15 +117,17 @@ class RealPolicyModule(LightningModule):
             full = param.full_tensor() if hasattr(param, "full_tensor") else param
             yield name, full.detach()
 
-    def push_weights(self, collector: RolloutCollector) -> None:
-        """Make every engine of ``collector`` sample from the current weights (once per policy version)."""
-        version = self.global_step
-        for engine in collector.engines:
-            if id(engine) not in self._engines_set_up:
-                engine.setup(self.policy, self.tokenizer)
-                self._engines_set_up.add(id(engine))
-            if engine.policy_version != version:
-                engine.update_weights(self._named_weights(), version)
+    def push_weights(self, collector: RolloutCollector, validation: bool = False) -> None:
+        """Make the engine about to sample (training's or validation's) hold the current weights.
+
+        Each engine is set up on first use and receives the weights once per policy version.
+        """
+        engine = collector.val_engine if validation else collector.engine
+        if id(engine) not in self._engines_set_up:
+            engine.setup(self.policy, self.tokenizer)
+            self._engines_set_up.add(id(engine))
+        if engine.policy_version != self.global_step:
+            engine.update_weights(self._named_weights(), self.global_step)
 
     # --- log-probs -------------------------------------------------------------------------------------
 
@@ -250,7 +252,7 @@ class RealPolicyModule(LightningModule):
         self, request: ValidationRequest, batch_idx: int, dataloader_idx: int = 0
     ) -> ValidationRollouts:
         collector = self.collector
-        self.push_weights(collector)
+        self.push_weights(collector, validation=True)
         return collector.validate(request)
 
     @override

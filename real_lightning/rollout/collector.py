@@ -1,6 +1,6 @@
 """The rollout collector: turns a request into verified rollouts (engine → scorer → RolloutBatch).
 
-It belongs to the data side: the module asks it for rollouts and pushes weights to its engines, it
+It belongs to the data side: the module asks it for rollouts and pushes weights to its engines; it
 never calls back into the module. It keeps the rollout batch in flight (with π_old once the module
 has computed it) and saves it with the checkpoint, so a run resumed in the middle of a rollout batch
 continues on exactly the same rollouts.
@@ -123,11 +123,6 @@ class RolloutCollector:
         """The first training step not yet served (the data position a checkpoint saves)."""
         self._rollout_index = -1
         self._batch: RolloutBatch | None = None
-
-    @property
-    def engines(self) -> list[RolloutEngine]:
-        """The distinct engines (training, validation) the module pushes weights to."""
-        return [self.engine] if self.val_engine is self.engine else [self.engine, self.val_engine]
 
     # --- training ---------------------------------------------------------------------------------
 
