@@ -27,18 +27,24 @@ def _rollouts(vocab: int) -> object:
     return batch
 
 
-def _step(module: RealPolicyModule, batch, budget, loss: str) -> tuple[torch.Tensor, object]:
-    module.policy.zero_grad(set_to_none=True)
-    result = accumulate_step(
+def _accumulate(module: RealPolicyModule, batch, budget, loss_fn=LOSSES["real"], logprobs_fn=None, **options):
+    """One step of ``batch`` on one CPU process with plain backward (options: importance_sampling, ...)."""
+    return accumulate_step(
         batch,
         budget,
-        logprobs_fn=module.response_logprobs,
-        loss_fn=LOSSES[loss],
+        logprobs_fn=logprobs_fn or module.response_logprobs,
+        loss_fn=loss_fn,
         loss_kwargs={},
         backward=lambda value: value.backward(),
         device=torch.device("cpu"),
         world_size=1,
+        **options,
     )
+
+
+def _step(module: RealPolicyModule, batch, budget, loss: str) -> tuple[torch.Tensor, object]:
+    module.policy.zero_grad(set_to_none=True)
+    result = _accumulate(module, batch, budget, loss_fn=LOSSES[loss])
     grad = torch.cat([p.grad.flatten() for p in module.policy.parameters() if p.grad is not None])
     return grad, result
 
@@ -89,16 +95,7 @@ def test_a_non_finite_loss_skips_the_step(module64) -> None:
         return out
 
     module64.policy.zero_grad(set_to_none=True)
-    result = accumulate_step(
-        batch,
-        (None, 4),
-        logprobs_fn=module64.response_logprobs,
-        loss_fn=nan_loss,
-        loss_kwargs={},
-        backward=lambda value: value.backward(),
-        device=torch.device("cpu"),
-        world_size=1,
-    )
+    result = _accumulate(module64, batch, (None, 4), loss_fn=nan_loss)
     assert result.skipped
     assert all(torch.isfinite(p.grad).all() for p in module64.policy.parameters() if p.grad is not None)
 
@@ -114,30 +111,12 @@ def test_a_rank_with_fewer_micro_batches_runs_zero_weight_passes(module64, monke
         return module64.response_logprobs(batch, with_entropy)
 
     module64.policy.zero_grad(set_to_none=True)
-    result = accumulate_step(
-        empty,
-        (None, None),
-        logprobs_fn=counted,
-        loss_fn=LOSSES["real"],
-        loss_kwargs={},
-        backward=lambda value: value.backward(),
-        device=torch.device("cpu"),
-        world_size=1,
-    )
+    result = _accumulate(module64, empty, (None, None), loss_fn=LOSSES["real"], logprobs_fn=counted)
     assert calls == [] and not result.skipped and result.loss_output is None  # one process: nothing to line up
     assert float(result.metrics["train/loss"]) == 0.0
 
     monkeypatch.setattr("real_lightning.update.all_reduce_max", lambda value: 2)  # another rank has 2 micro-batches
-    result = accumulate_step(
-        empty,
-        (None, None),
-        logprobs_fn=counted,
-        loss_fn=LOSSES["real"],
-        loss_kwargs={},
-        backward=lambda value: value.backward(),
-        device=torch.device("cpu"),
-        world_size=1,
-    )
+    result = _accumulate(module64, empty, (None, None), loss_fn=LOSSES["real"], logprobs_fn=counted)
     assert calls == [1, 1] and not result.skipped  # two one-token dummy passes
     grads = [p.grad for p in module64.policy.parameters()]
     assert all(g is not None and not g.any() for g in grads)  # every parameter took part, with zero weight
@@ -172,17 +151,7 @@ def test_truncated_importance_sampling_weights_the_step_gradient(module64) -> No
 
     def step(sampling):
         module64.policy.zero_grad(set_to_none=True)
-        result = accumulate_step(
-            batch,
-            (None, 4),
-            logprobs_fn=module64.response_logprobs,
-            loss_fn=LOSSES["grpo"],
-            loss_kwargs={},
-            backward=lambda value: value.backward(),
-            device=torch.device("cpu"),
-            world_size=1,
-            importance_sampling=sampling,
-        )
+        result = _accumulate(module64, batch, (None, 4), loss_fn=LOSSES["grpo"], importance_sampling=sampling)
         return torch.cat([p.grad.flatten() for p in module64.policy.parameters()]), result.metrics
 
     plain, metrics = step(ImportanceSampling("off"))

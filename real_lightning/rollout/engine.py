@@ -93,6 +93,18 @@ class Generation:
         )
 
 
+def check_sampling(max_new_tokens: int, temperature: float, top_p: float, top_k: int) -> None:
+    """Raise ``ValueError`` naming the sampling option that is out of range (shared by every engine)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0: off), got {top_k}")
+
+
 @runtime_checkable
 class RolloutEngine(Protocol):
     """Samples responses from the policy whose weights were last pushed with :meth:`update_weights`.

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from real_lightning.rollout.batch import concat_rows
-from real_lightning.rollout.engine import Generation
+from real_lightning.rollout.engine import Generation, check_sampling
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -73,12 +73,7 @@ class HFEngine:
         max_batch_size: int | None = None,
         synced_gpus: bool | None = None,
     ) -> None:
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        check_sampling(max_new_tokens, temperature, top_p, top_k)
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p

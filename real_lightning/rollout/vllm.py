@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from real_lightning.rollout.engine import Generation
+from real_lightning.rollout.engine import Generation, check_sampling
 from real_lightning.rollout.requests import derive_seed
 
 
@@ -63,14 +63,7 @@ class VLLMEngine:
         kv_cache_gib: int = 1,
         llm_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0: off), got {top_k}")
+        check_sampling(max_new_tokens, temperature, top_p, top_k)
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
         self.stop = list(stop or [])
         self.model_path, self.dtype = model_path, dtype

@@ -90,6 +90,7 @@ def test_sampling_config_overrides_model_defaults(char_tokenizer) -> None:
         ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
         ({"temperature": -1}, "temperature must be >= 0"),
         ({"top_p": 0}, "top_p must be in"),
+        ({"top_k": -1}, r"top_k must be >= 0 \(0: off\)"),
     ],
 )
 def test_bad_engine_settings(kwargs, message) -> None:
