@@ -149,6 +149,17 @@ class RealPolicyModule(LightningModule):
         on_policy = schedule.single_update and rollouts.policy_version == self.global_step
         return rollouts.old_logprobs is None and (schedule.recompute_old_logprobs or not on_policy)
 
+    @staticmethod
+    def engine_old_logprobs(rollouts: RolloutBatch) -> Tensor:
+        """π_old from the engine (``schedule.old_logprobs: engine``): its behaviour log-probs, [B, T]."""
+        if rollouts.behaviour_logprobs is None:
+            raise ValueError(
+                "data.schedule.old_logprobs is 'engine' but the rollout engine reports no behaviour log-probs "
+                "(HFEngine samples with the training weights): use 'trainer', or an engine that reports them "
+                "(VLLMEngine)"
+            )
+        return rollouts.behaviour_logprobs
+
     # --- training ----------------------------------------------------------------------------------------
 
     @override
@@ -168,7 +179,9 @@ class RealPolicyModule(LightningModule):
         schedule = collector.schedule
         budget = (schedule.max_tokens_per_micro_batch, schedule.max_sequences_per_micro_batch)
         old_seconds = 0.0
-        if self.needs_old_logprobs(rollouts, collector):
+        if schedule.old_logprobs == "engine" and rollouts.old_logprobs is None:
+            rollouts.old_logprobs = self.engine_old_logprobs(rollouts)
+        elif self.needs_old_logprobs(rollouts, collector):
             start = time.perf_counter()
             rollouts.old_logprobs = old_logprobs_pass(self.response_logprobs, rollouts, budget, self.device)
             old_seconds = time.perf_counter() - start

@@ -242,3 +242,64 @@ def test_an_engine_that_can_sleep_is_put_to_sleep_after_sampling(policy_dir) -> 
     dm.collector.minibatch(next(requests))
     dm.collector.minibatch(next(requests))  # the same rollout batch: no new sampling
     assert engine.sleeps == 1
+
+
+class _BehaviourEngine(HFEngine):
+    """Reports behaviour log-probs (a constant −1.5 per response token), like an engine with its own kernels."""
+
+    def generate(self, prompts, n, seed):
+        gen = super().generate(prompts, n, seed)
+        gen.behaviour_logprobs = torch.full(gen.response_mask.shape, -1.5).where(gen.response_mask, torch.zeros(()))
+        return gen
+
+
+class _OldLogprobsRecorder(pl.Callback):
+    def __init__(self) -> None:
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        rollouts = outputs["rollouts"]
+        self.pairs.append((rollouts.old_logprobs, rollouts.behaviour_logprobs))
+
+
+@pytest.mark.parametrize("source", ["trainer", "engine"])
+def test_old_logprobs_come_from_the_engine_when_configured(policy_dir, tmp_path, source) -> None:
+    recorder = _OldLogprobsRecorder()
+    trainer = pl.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[recorder],
+    )
+    module = RealPolicyModule(pretrained=policy_dir)
+    trainer.fit(module, make_datamodule(engine=_BehaviourEngine(max_new_tokens=6), old_logprobs=source))
+    metrics = trainer.callback_metrics
+    assert len(recorder.pairs) == 2
+    for old, behaviour in recorder.pairs:
+        if source == "engine":  # π_old is the sampler's: no gap to measure
+            assert torch.equal(old, behaviour) and float(metrics["rollout/mismatch_abs_max"]) == 0.0
+        else:  # π_old is the trainer's (on-policy: π_θ.detach()), 1.5 away from the constant on average
+            assert old is None and float(metrics["rollout/mismatch_abs_max"]) > 0.1
+
+
+def test_old_logprobs_from_an_engine_without_behaviour_logprobs_is_an_error(policy_dir, tmp_path) -> None:
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    with pytest.raises(ValueError, match=r"data.schedule.old_logprobs is 'engine'.*no behaviour log-probs"):
+        trainer.fit(RealPolicyModule(pretrained=policy_dir), make_datamodule(old_logprobs="engine"))
+
+
+def test_old_logprobs_option_is_checked() -> None:
+    with pytest.raises(ValueError, match=r"schedule.old_logprobs must be 'trainer' or 'engine'"):
+        RolloutSchedule(old_logprobs="behaviour")

@@ -66,30 +66,26 @@ class Generation:
             raise ValueError(f"{len(responses)} responses for {len(prompts)} prompts × n={n}")
         prompt_width = max(len(p) for p in prompts)
         width = max(1, max(len(r) for r in responses))
-        rows = len(responses)
-        input_ids = torch.full((rows, prompt_width + width), pad_id, dtype=torch.long)
-        attention = torch.zeros((rows, prompt_width + width), dtype=torch.long)
-        response_mask = torch.zeros((rows, width), dtype=torch.bool)
-        behaviour = torch.zeros((rows, width), dtype=torch.float32) if behaviour_logprobs is not None else None
+        ids, attention, mask, behaviour = [], [], [], []
         for row, response in enumerate(responses):
-            prompt = prompts[row // n]
-            start = prompt_width - len(prompt)
-            input_ids[row, start:prompt_width] = torch.tensor(list(prompt), dtype=torch.long)
-            attention[row, start:prompt_width] = 1
-            if response:
-                input_ids[row, prompt_width : prompt_width + len(response)] = torch.tensor(list(response))
-                attention[row, prompt_width : prompt_width + len(response)] = 1
-                response_mask[row, : len(response)] = True
-                if behaviour is not None:
-                    behaviour[row, : len(response)] = torch.tensor(list(behaviour_logprobs[row]), dtype=torch.float32)
+            prompt, length = list(prompts[row // n]), len(response)
+            left, right = prompt_width - len(prompt), width - length
+            ids.append([pad_id] * left + prompt + list(response) + [pad_id] * right)
+            attention.append([0] * left + [1] * (len(prompt) + length) + [0] * right)
+            mask.append([True] * length + [False] * right)
+            if behaviour_logprobs is not None:
+                logprobs = list(behaviour_logprobs[row])
+                if len(logprobs) != length:
+                    raise ValueError(f"row {row}: {len(logprobs)} behaviour log-probs for {length} response tokens")
+                behaviour.append(logprobs + [0.0] * right)
         return cls(
-            input_ids=input_ids,
-            attention_mask=attention,
-            response_mask=response_mask,
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(attention, dtype=torch.long),
+            response_mask=torch.tensor(mask, dtype=torch.bool),
             prompt_length=prompt_width,
             truncated=torch.tensor(list(truncated), dtype=torch.bool),
             texts=list(texts),
-            behaviour_logprobs=behaviour,
+            behaviour_logprobs=torch.tensor(behaviour, dtype=torch.float32) if behaviour_logprobs is not None else None,
         )
 
 

@@ -31,7 +31,7 @@ def response_extent(responses: Tensor, eos_ids: list[int], stop_lengths: Tensor 
     matched) cuts earlier responses at the end of a stop string. Unfinished responses count all T tokens.
     """
     width = responses.shape[1]
-    is_eos = torch.isin(responses, torch.tensor(eos_ids, device=responses.device))
+    is_eos = torch.isin(responses, torch.tensor(eos_ids, dtype=responses.dtype, device=responses.device))
     has_eos = is_eos.any(-1)
     eos_length = torch.where(has_eos, is_eos.int().argmax(-1) + 1, torch.full_like(has_eos, width, dtype=torch.long))
     lengths = eos_length
@@ -53,6 +53,7 @@ class HFEngine:
         top_k: top-k sampling (0: off). Anything but ``top_p=1, top_k=0`` samples from a distribution
             other than the one the loss's log-probs assume; the library allows it, as verl does.
         stop: strings that end a response (kept in the response, like vLLM's ``include_stop_str_in_output``).
+        ignore_eos: keep sampling after EOS until ``max_new_tokens`` (benchmarks: fixed-length responses).
         max_batch_size: at most this many sequences per ``generate`` call (None: all at once).
         synced_gpus: keep every rank decoding until all ranks are done (Hugging Face's ``synced_gpus``),
             needed when the policy is sharded (FSDP): each forward then gathers parameters on all ranks.
@@ -70,6 +71,7 @@ class HFEngine:
         top_p: float = 1.0,
         top_k: int = 0,
         stop: list[str] | None = None,
+        ignore_eos: bool = False,
         max_batch_size: int | None = None,
         synced_gpus: bool | None = None,
     ) -> None:
@@ -79,6 +81,7 @@ class HFEngine:
         self.top_p = top_p
         self.top_k = top_k
         self.stop = list(stop or [])
+        self.ignore_eos = ignore_eos
         self.max_batch_size = max_batch_size
         self.synced_gpus = synced_gpus
         self._model: nn.Module | None = None
@@ -122,7 +125,7 @@ class HFEngine:
             no_repeat_ngram_size=0,
             max_new_tokens=self.max_new_tokens,
             num_return_sequences=n,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=[] if self.ignore_eos else tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
             stop_strings=self.stop or None,
             use_cache=True,
@@ -176,7 +179,7 @@ class HFEngine:
         responses = out[:, prompt_length:]
         if responses.shape[1] == 0:  # cannot happen with max_new_tokens >= 1, kept for clarity
             raise RuntimeError("generate returned no new tokens")
-        eos_ids = [tokenizer.eos_token_id]
+        eos_ids = [] if self.ignore_eos else [tokenizer.eos_token_id]
         stop_lengths = self._stop_lengths(responses, tokenizer, eos_ids) if self.stop else None
         lengths, finished = response_extent(responses, eos_ids, stop_lengths)
         positions = torch.arange(responses.shape[1], device=device)
@@ -193,7 +196,7 @@ class HFEngine:
         """[B] number of tokens through the end of the first stop string, -1 where none occurs."""
         out = []
         for row in responses.tolist():
-            if eos_ids[0] in row:
+            if eos_ids and eos_ids[0] in row:
                 row = row[: row.index(eos_ids[0])]
             text = tokenizer.decode(row, skip_special_tokens=True)
             if not any(s in text for s in self.stop):

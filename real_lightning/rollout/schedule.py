@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass
@@ -29,6 +30,10 @@ class RolloutSchedule:
         max_sampling_rounds: cap on the extra rounds of dynamic sampling.
         recompute_old_logprobs: always compute π_old with a no-grad pass, even when the update is exactly
             on-policy (by default that pass is skipped then, and π_old = π_θ.detach()).
+        old_logprobs: where π_old comes from. ``trainer``: the training policy's log-probs of the sampled
+            tokens (a no-grad pass, or π_θ.detach() when exactly on-policy). ``engine``: the sampling
+            engine's behaviour log-probs (vLLM), no extra pass; the train/inference mismatch then enters
+            the loss's ratio π_θ/π_old, and importance sampling (ratio π_old/π_behaviour = 1) does nothing.
         max_tokens_per_micro_batch: bound on the padded positions (rows × longest row) of one forward
             pass, for the update and the π_old pass; a group larger than that runs alone. None: no bound.
         max_sequences_per_micro_batch: bound on the rows of one forward pass (whole groups; a group
@@ -42,6 +47,7 @@ class RolloutSchedule:
     dynamic_sampling: bool = False
     max_sampling_rounds: int = 3
     recompute_old_logprobs: bool = False
+    old_logprobs: Literal["trainer", "engine"] = "trainer"
     max_tokens_per_micro_batch: int | None = None
     max_sequences_per_micro_batch: int | None = None
 
@@ -56,6 +62,8 @@ class RolloutSchedule:
                 f"schedule.prompts_per_minibatch must be in [1, prompts_per_rollout={self.prompts_per_rollout}], "
                 f"got {self.prompts_per_minibatch}"
             )
+        if self.old_logprobs not in ("trainer", "engine"):
+            raise ValueError(f"schedule.old_logprobs must be 'trainer' or 'engine', got {self.old_logprobs!r}")
         for name in ("max_tokens_per_micro_batch", "max_sequences_per_micro_batch"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -32,6 +32,7 @@ class VLLMEngine:
         top_p: nucleus sampling threshold (1.0: off).
         top_k: top-k sampling (0: off).
         stop: strings that end a response (kept in the response, like ``HFEngine``).
+        ignore_eos: keep sampling after EOS until ``max_new_tokens`` (benchmarks: fixed-length responses).
         model_path: the checkpoint vLLM loads at setup (default: the training policy's ``name_or_path``);
             from then on it samples from the weights the module pushes.
         dtype: vLLM's dtype (``auto``: the checkpoint's).
@@ -41,6 +42,8 @@ class VLLMEngine:
         enable_prefix_caching: reuse the KV cache of shared prompt prefixes (n samples of a prompt).
         enable_sleep_mode: free the KV cache (``sleep``) while the trainer runs, CUDA only.
         max_num_seqs: sequences vLLM decodes at once.
+        enforce_eager: run the model eagerly (no ``torch.compile``, no CUDA graphs): starts in seconds
+            instead of tens of seconds; on CPU with a small model just as fast, on GPU slower to decode.
         kv_cache_gib: KV-cache size on CPU (``VLLM_CPU_KVCACHE_SPACE``), ignored on CUDA.
         llm_kwargs: further keyword arguments of ``vllm.LLM``.
     """
@@ -52,6 +55,7 @@ class VLLMEngine:
         top_p: float = 1.0,
         top_k: int = 0,
         stop: list[str] | None = None,
+        ignore_eos: bool = False,
         model_path: str | None = None,
         dtype: str = "auto",
         gpu_memory_utilization: float = 0.5,
@@ -60,16 +64,18 @@ class VLLMEngine:
         enable_prefix_caching: bool = True,
         enable_sleep_mode: bool = False,
         max_num_seqs: int = 256,
+        enforce_eager: bool = False,
         kv_cache_gib: int = 1,
         llm_kwargs: dict[str, Any] | None = None,
     ) -> None:
         check_sampling(max_new_tokens, temperature, top_p, top_k)
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
-        self.stop = list(stop or [])
+        self.stop, self.ignore_eos = list(stop or []), ignore_eos
         self.model_path, self.dtype = model_path, dtype
         self.gpu_memory_utilization, self.tensor_parallel_size = gpu_memory_utilization, tensor_parallel_size
         self.max_model_len, self.enable_prefix_caching = max_model_len, enable_prefix_caching
         self.enable_sleep_mode, self.max_num_seqs, self.kv_cache_gib = enable_sleep_mode, max_num_seqs, kv_cache_gib
+        self.enforce_eager = enforce_eager
         self.llm_kwargs = dict(llm_kwargs or {})
         self.llm: Any = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
@@ -102,6 +108,7 @@ class VLLMEngine:
             "enable_prefix_caching": self.enable_prefix_caching,
             "enable_sleep_mode": self.enable_sleep_mode,
             "max_num_seqs": self.max_num_seqs,
+            "enforce_eager": self.enforce_eager,
             "logprobs_mode": "processed_logprobs",
             "seed": 0,
         }
@@ -149,17 +156,11 @@ class VLLMEngine:
         self.sync_seconds = time.perf_counter() - start
         self._version = version
 
-    def generate(self, prompts: list[list[int]], n: int, seed: int) -> Generation:
-        """Sample ``n`` responses per prompt (row ``p·n + j``); prompt p's samples are seeded by (seed, p)."""
+    def sampling_params(self, prompts: int, n: int, seed: int) -> list[Any]:
+        """vLLM ``SamplingParams`` of each of ``prompts`` prompts: n samples, prompt p seeded by (seed, p)."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
-        llm, tokenizer = self._require(), self._tokenizer
-        assert tokenizer is not None
-        if not prompts:
-            raise ValueError("generate needs at least one prompt")
-        self.wake_up()
-        params = [
+        return [
             SamplingParams(
                 n=n,
                 temperature=self.temperature,
@@ -168,12 +169,26 @@ class VLLMEngine:
                 max_tokens=self.max_new_tokens,
                 stop=self.stop or None,
                 include_stop_str_in_output=True,
+                ignore_eos=self.ignore_eos,
                 seed=derive_seed(seed, index) % (2**31),
                 logprobs=0,  # the sampled token's log-prob (processed: after temperature, top-p, top-k)
+                flat_logprobs=True,
                 skip_special_tokens=True,
+                detokenize=bool(self.stop),  # stop strings need vLLM's incremental text; else decode in one batch
             )
-            for index in range(len(prompts))
+            for index in range(prompts)
         ]
+
+    def generate(self, prompts: list[list[int]], n: int, seed: int) -> Generation:
+        """Sample ``n`` responses per prompt (row ``p·n + j``); prompt p's samples are seeded by (seed, p)."""
+        from vllm.inputs import TokensPrompt
+
+        llm, tokenizer = self._require(), self._tokenizer
+        assert tokenizer is not None
+        if not prompts:
+            raise ValueError("generate needs at least one prompt")
+        self.wake_up()
+        params = self.sampling_params(len(prompts), n, seed)
         outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         responses, truncated, texts, logprobs = [], [], [], []
         for output in outputs:
@@ -182,11 +197,19 @@ class VLLMEngine:
                 responses.append(tokens)
                 truncated.append(completion.finish_reason == "length")
                 texts.append(completion.text)
-                entries = completion.logprobs or []
-                logprobs.append([entry[token].logprob for entry, token in zip(entries, tokens, strict=True)])
+                logprobs.append(_sampled_logprobs(completion.logprobs, tokens))
+        if not self.stop:
+            texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
         return Generation.from_token_lists(
             prompts, n, responses, truncated, texts, tokenizer.pad_token_id, behaviour_logprobs=logprobs
         )
+
+
+def _sampled_logprobs(flat: Any, tokens: list[int]) -> list[float]:
+    """The sampled tokens' log-probs from vLLM's ``FlatLogprobs`` (``logprobs=0``: one entry per position)."""
+    if flat is None or list(flat.token_ids) != tokens:
+        raise RuntimeError("vLLM returned no log-prob entry for some sampled tokens (needs logprobs=0, flat)")
+    return list(flat.logprobs)
 
 
 def _with_tied_head(named_tensors: Iterable[tuple[str, Tensor]]) -> Iterable[tuple[str, Tensor]]:

@@ -96,3 +96,19 @@ def test_sampling_config_overrides_model_defaults(char_tokenizer) -> None:
 def test_bad_engine_settings(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         HFEngine(**kwargs)
+
+
+def test_ignore_eos_samples_max_new_tokens() -> None:
+    from real_lightning.policy.loading import BUILTIN, load_policy, load_tokenizer
+
+    tokenizer, policy = load_tokenizer(BUILTIN), load_policy(BUILTIN)
+    prompts = _prompts(tokenizer, ["12+34=", "5+6="])
+    for ignore_eos in (False, True):
+        engine = HFEngine(max_new_tokens=14, ignore_eos=ignore_eos)
+        engine.setup(policy, tokenizer)
+        gen = engine.generate(prompts, n=3, seed=0)
+        lengths = gen.response_mask.sum(-1)
+        if ignore_eos:  # every row runs to the limit and counts as truncated
+            assert (lengths == 14).all() and gen.truncated.all()
+        else:  # the shipped policy answers in 11 tokens and stops
+            assert (lengths < 14).all() and not gen.truncated.any()

@@ -29,7 +29,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def engine(tiny):
     policy, tokenizer, _ = tiny
-    engine = VLLMEngine(max_new_tokens=12, temperature=1.0, dtype="float32")
+    engine = VLLMEngine(max_new_tokens=12, temperature=1.0, dtype="float32", enforce_eager=True)
     engine.setup(policy, tokenizer)
     return engine
 
@@ -68,6 +68,13 @@ def test_sampling_semantics_match_the_hf_engine(tiny, engine) -> None:
     cut = _sharing(engine, max_new_tokens=2).generate(prompts, 2, seed=0)
     assert cut.truncated.any() and int(cut.response_mask.sum(-1).max()) <= 2
     _check_rows(cut, tokenizer, n=2, max_new_tokens=2)
+
+
+def test_ignore_eos_samples_max_new_tokens(tiny, engine) -> None:
+    _, _, prompts = tiny
+    assert not engine.generate(prompts, 2, seed=0).truncated.any()  # the shipped policy stops by itself
+    gen = _sharing(engine, ignore_eos=True, max_new_tokens=14).generate(prompts, 2, seed=0)
+    assert (gen.response_mask.sum(-1) == 14).all() and gen.truncated.all()
 
 
 def test_seeds_reproduce_samples(tiny, engine) -> None:
@@ -130,3 +137,31 @@ def test_weights_sync_once_per_version_and_change_the_samples(tiny, engine) -> N
     greedy.update_weights(must_not_be_read(), version=1)  # same version: nothing happens
     greedy.update_weights(policy.named_parameters(), version=2)  # back to the shipped weights
     assert greedy.generate(prompts, 1, seed=0).texts == before
+
+
+def test_training_with_vllm_logs_the_mismatch_and_can_take_old_logprobs_from_it(tiny, engine, tmp_path) -> None:
+    import lightning.pytorch as pl
+
+    from real_lightning.module import RealPolicyModule
+    from tests.test_training import make_datamodule
+
+    for source in ("trainer", "engine"):
+        trainer = pl.Trainer(
+            max_steps=2,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            limit_val_batches=0,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
+        module = RealPolicyModule(importance_sampling="token")
+        sampler = _sharing(engine, max_new_tokens=6, _version=-1)  # the shared LLM, weights pushed at step 0
+        trainer.fit(module, make_datamodule(engine=sampler, old_logprobs=source))
+        assert sampler.policy_version == 1  # pushed once per optimizer step
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if source == "trainer":  # π_old = π_θ: the gap is the kernels' (fp32 CPU), and so is the weight
+            assert 0 < metrics["rollout/mismatch_abs_max"] < 1e-3, metrics
+            assert abs(metrics["rollout/is_weight_mean"] - 1) < 1e-3
+        else:  # π_old = π_behaviour: nothing to correct
+            assert metrics["rollout/mismatch_abs_max"] == 0 and metrics["rollout/is_weight_mean"] == 1
