@@ -31,6 +31,20 @@ def make_datamodule(engine=None, val_limit: int = 8, seed: int = 0, **schedule) 
     )
 
 
+def quiet_trainer(root, max_steps: int, **kwargs) -> pl.Trainer:
+    """A CPU trainer for ``max_steps`` optimizer steps: no logger, checkpoints, validation or progress bar."""
+    return pl.Trainer(
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        enable_model_summary=False,
+        default_root_dir=root,
+        **kwargs,
+    )
+
+
 def attached(module: RealPolicyModule, datamodule: RolloutDataModule) -> RolloutDataModule:
     """The datamodule set up for fit with the module's tokenizer, its engines holding the module's weights."""
     datamodule.attach_tokenizer(module.tokenizer)
@@ -125,15 +139,7 @@ def test_non_finite_loss_skips_the_update_and_training_continues(policy_dir, tmp
 
     module.loss_fn = sometimes_nan
     before = {k: v.clone() for k, v in module.policy.state_dict().items()}
-    trainer = pl.Trainer(
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=3)
     trainer.fit(module, make_datamodule())
     # Lightning counts the skipped step (no gradient, no parameter change) as an optimizer step
     assert calls["n"] == 3 and module.skipped_steps == 1 and trainer.global_step == 3
@@ -265,16 +271,7 @@ class _OldLogprobsRecorder(pl.Callback):
 @pytest.mark.parametrize("source", ["trainer", "engine"])
 def test_old_logprobs_come_from_the_engine_when_configured(policy_dir, tmp_path, source) -> None:
     recorder = _OldLogprobsRecorder()
-    trainer = pl.Trainer(
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[recorder],
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=2, callbacks=[recorder])
     module = RealPolicyModule(pretrained=policy_dir)
     trainer.fit(module, make_datamodule(engine=_BehaviourEngine(max_new_tokens=6), old_logprobs=source))
     metrics = trainer.callback_metrics
@@ -287,15 +284,7 @@ def test_old_logprobs_come_from_the_engine_when_configured(policy_dir, tmp_path,
 
 
 def test_old_logprobs_from_an_engine_without_behaviour_logprobs_is_an_error(policy_dir, tmp_path) -> None:
-    trainer = pl.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=1)
     with pytest.raises(ValueError, match=r"data.schedule.old_logprobs is 'engine'.*no behaviour log-probs"):
         trainer.fit(RealPolicyModule(pretrained=policy_dir), make_datamodule(old_logprobs="engine"))
 

@@ -140,21 +140,11 @@ def test_weights_sync_once_per_version_and_change_the_samples(tiny, engine) -> N
 
 
 def test_training_with_vllm_logs_the_mismatch_and_can_take_old_logprobs_from_it(tiny, engine, tmp_path) -> None:
-    import lightning.pytorch as pl
-
     from real_lightning.module import RealPolicyModule
-    from tests.test_training import make_datamodule
+    from tests.test_training import make_datamodule, quiet_trainer
 
     for source in ("trainer", "engine"):
-        trainer = pl.Trainer(
-            max_steps=2,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            limit_val_batches=0,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-        )
+        trainer = quiet_trainer(tmp_path, max_steps=2)
         module = RealPolicyModule(importance_sampling="token")
         sampler = _sharing(engine, max_new_tokens=6, _version=-1)  # the shared LLM, weights pushed at step 0
         trainer.fit(module, make_datamodule(engine=sampler, old_logprobs=source))
