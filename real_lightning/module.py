@@ -305,6 +305,21 @@ class RealPolicyModule(LightningModule):
         return directory
 
     @override
+    def teardown(self, stage: str) -> None:
+        """When fit ends, tear down the engines this module set up (vLLM frees its memory); a later fit,
+        validate or test sets them up again. (A validation before fit keeps them for the fit.)"""
+        if stage != "fit":
+            return
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        collector = getattr(datamodule, "collector", None)
+        engines = {id(e): e for e in (collector.engine, collector.val_engine)} if collector is not None else {}
+        for key in list(self._engines_set_up):
+            teardown = getattr(engines.get(key), "teardown", None)
+            if callable(teardown):
+                teardown()
+        self._engines_set_up.clear()
+
+    @override
     def on_fit_end(self) -> None:
         if self.hparams.export_dir:
             path = self.export_hf(self.hparams.export_dir)

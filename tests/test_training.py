@@ -32,17 +32,10 @@ def make_datamodule(engine=None, val_limit: int = 8, seed: int = 0, **schedule) 
 
 
 def quiet_trainer(root, max_steps: int, **kwargs) -> pl.Trainer:
-    """A CPU trainer for ``max_steps`` optimizer steps: no logger, checkpoints, validation or progress bar."""
-    return pl.Trainer(
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        enable_model_summary=False,
-        default_root_dir=root,
-        **kwargs,
-    )
+    """A CPU trainer for ``max_steps`` optimizer steps: no logger, checkpoints, validation or progress bar
+    unless ``kwargs`` say otherwise."""
+    settings = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "limit_val_batches": 0}
+    return pl.Trainer(max_steps=max_steps, enable_model_summary=False, default_root_dir=root, **{**settings, **kwargs})
 
 
 def attached(module: RealPolicyModule, datamodule: RolloutDataModule) -> RolloutDataModule:
@@ -292,3 +285,26 @@ def test_old_logprobs_from_an_engine_without_behaviour_logprobs_is_an_error(poli
 def test_old_logprobs_option_is_checked() -> None:
     with pytest.raises(ValueError, match=r"schedule.old_logprobs must be 'trainer' or 'engine'"):
         RolloutSchedule(old_logprobs="behaviour")
+
+
+def test_engines_are_torn_down_when_fit_ends_and_set_up_again_for_the_next_use(policy_dir, tmp_path) -> None:
+    class CountingEngine(HFEngine):
+        setups = teardowns = 0
+
+        def setup(self, model, tokenizer) -> None:
+            self.setups += 1
+            super().setup(model, tokenizer)
+
+        def teardown(self) -> None:
+            self.teardowns += 1
+            super().teardown()
+
+    engine = CountingEngine(max_new_tokens=6)
+    module, datamodule = RealPolicyModule(pretrained=policy_dir), make_datamodule(engine=engine)
+    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=1)
+    trainer.validate(module, datamodule=datamodule)  # a validation before fit keeps the engine for the fit
+    assert (engine.setups, engine.teardowns) == (1, 0)
+    trainer.fit(module, datamodule)
+    assert (engine.setups, engine.teardowns) == (1, 1) and engine._model is None
+    trainer.validate(module, datamodule=datamodule)
+    assert (engine.setups, engine.teardowns) == (2, 1)

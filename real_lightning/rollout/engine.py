@@ -4,7 +4,8 @@ Lifecycle (DESIGN.md §3): :meth:`RolloutEngine.setup` once the device and proce
 :meth:`~RolloutEngine.update_weights` from named tensors once per policy version (the module pushes
 them; an engine never reads the trainer); :meth:`~RolloutEngine.generate` with an explicit seed. An engine
 may also have ``sleep()`` (free its memory; the collector calls it after sampling a rollout batch) and
-``wake_up()`` (it wakes itself before generating or loading weights).
+``wake_up()`` (it wakes itself before generating or loading weights), and ``teardown()`` (free everything;
+the module calls it when fit ends, and sets the engine up again before its next use).
 """
 
 from __future__ import annotations

@@ -96,6 +96,10 @@ class HFEngine:
         """Generate with ``model`` (the training policy, shared, not copied) and ``tokenizer``."""
         self._model, self._tokenizer = model, tokenizer
 
+    def teardown(self) -> None:
+        """Drop the references to the training module and tokenizer (set up again before the next use)."""
+        self._model, self._tokenizer, self._version = None, None, -1
+
     def update_weights(self, named_tensors: Iterable[tuple[str, Tensor]], version: int) -> None:
         """The engine reads the policy's live weights: only the version is recorded (nothing is consumed)."""
         self._version = version

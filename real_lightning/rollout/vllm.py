@@ -137,6 +137,22 @@ class VLLMEngine:
             self._require().wake_up()
             self._asleep = False
 
+    def teardown(self) -> None:
+        """Free the ``vllm.LLM`` (weights, KV cache, its process-group state); a later :meth:`setup` builds it anew."""
+        if self.llm is None:
+            return
+        import gc
+
+        from vllm.distributed.parallel_state import destroy_model_parallel
+
+        self.llm = None
+        # not vLLM's destroy_distributed_environment: it would destroy the trainer's process group too
+        destroy_model_parallel()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self._version, self._asleep = -1, False
+
     def update_weights(self, named_tensors: Iterable[tuple[str, Tensor]], version: int) -> None:
         """Load the policy's weights into vLLM's model (checkpoint names), unless ``version`` is loaded already."""
         if version == self._version:

@@ -139,16 +139,28 @@ def test_weights_sync_once_per_version_and_change_the_samples(tiny, engine) -> N
     assert greedy.generate(prompts, 1, seed=0).texts == before
 
 
-def test_training_with_vllm_logs_the_mismatch_and_can_take_old_logprobs_from_it(tiny, engine, tmp_path) -> None:
+def _recording(update_weights, versions: list[int]):
+    def record(named_tensors, version: int) -> None:
+        versions.append(version)
+        update_weights(named_tensors, version)
+
+    return record
+
+
+# Last in the file: its engines tear down vLLM's model-parallel state, which the shared engine above uses.
+def test_training_with_vllm_logs_the_mismatch_and_can_take_old_logprobs_from_it(tmp_path) -> None:
     from real_lightning.module import RealPolicyModule
     from tests.test_training import make_datamodule, quiet_trainer
 
     for source in ("trainer", "engine"):
         trainer = quiet_trainer(tmp_path, max_steps=2)
         module = RealPolicyModule(importance_sampling="token")
-        sampler = _sharing(engine, max_new_tokens=6, _version=-1)  # the shared LLM, weights pushed at step 0
+        pushed = []
+        sampler = VLLMEngine(max_new_tokens=6, temperature=1.0, dtype="float32", enforce_eager=True)
+        sampler.update_weights = _recording(sampler.update_weights, pushed)
         trainer.fit(module, make_datamodule(engine=sampler, old_logprobs=source))
-        assert sampler.policy_version == 1  # pushed once per optimizer step
+        assert pushed == [0, 1]  # once per optimizer step
+        assert sampler.llm is None  # torn down when fit ended (the next fit builds a new one)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if source == "trainer":  # π_old = π_θ: the gap is the kernels' (fp32 CPU), and so is the weight
             assert 0 < metrics["rollout/mismatch_abs_max"] < 1e-3, metrics
