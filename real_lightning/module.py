@@ -29,6 +29,7 @@ from real_lightning.losses import LOSSES
 from real_lightning.policy.loading import BUILTIN, load_policy, load_tokenizer
 from real_lightning.rollout.batch import RolloutBatch, ValidationRollouts
 from real_lightning.rollout.collector import RolloutCollector
+from real_lightning.rollout.engine import RolloutEngine
 from real_lightning.rollout.requests import RolloutRequest, ValidationRequest
 from real_lightning.update import ImportanceSampling, StepResult, accumulate_step, old_logprobs_pass
 
@@ -97,7 +98,7 @@ class RealPolicyModule(LightningModule):
         self.importance_sampling = ImportanceSampling(importance_sampling, importance_cap)
         self.skipped_steps = 0
         self._skip_update = False
-        self._engines_set_up: set[int] = set()
+        self._engines_set_up: dict[int, RolloutEngine] = {}  # by id: engines need not be hashable
         self._update_start: float | None = None
 
     # --- the data side -----------------------------------------------------------------------------
@@ -125,7 +126,7 @@ class RealPolicyModule(LightningModule):
         engine = collector.val_engine if validation else collector.engine
         if id(engine) not in self._engines_set_up:
             engine.setup(self.policy, self.tokenizer)
-            self._engines_set_up.add(id(engine))
+            self._engines_set_up[id(engine)] = engine
         if engine.policy_version != self.global_step:
             engine.update_weights(self._named_weights(), self.global_step)
 
@@ -310,11 +311,8 @@ class RealPolicyModule(LightningModule):
         validate or test sets them up again. (A validation before fit keeps them for the fit.)"""
         if stage != "fit":
             return
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        collector = getattr(datamodule, "collector", None)
-        engines = {id(e): e for e in (collector.engine, collector.val_engine)} if collector is not None else {}
-        for key in list(self._engines_set_up):
-            teardown = getattr(engines.get(key), "teardown", None)
+        for engine in self._engines_set_up.values():
+            teardown = getattr(engine, "teardown", None)
             if callable(teardown):
                 teardown()
         self._engines_set_up.clear()
