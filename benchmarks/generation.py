@@ -5,7 +5,7 @@ Two workloads, each in one process, the three samplers alternating within every 
 * ``tiny``: the quickstart's rollout batch — the shipped tiny policy (1.0 M parameters), 32 prompts × 8
   samples, at most 12 new tokens, temperature 1, stops at EOS.
 * ``qwen2``: a random-weight ``Qwen2ForCausalLM`` (hidden 512, 8 layers, 8 heads / 2 KV heads, MLP 1536,
-  vocabulary 32,000 — 37 M parameters; word-level ``tokenizer.json``), 16 prompts of 64 random tokens ×
+  vocabulary 32,000 — 40.5 M parameters; word-level ``tokenizer.json``), 16 prompts of 64 random tokens ×
   4 samples, 256 new tokens, ``ignore_eos`` (every response is exactly 256 tokens).
 
 Samplers: ``raw vllm`` = ``LLM.generate`` with exactly the ``SamplingParams`` ``VLLMEngine`` builds (per-
@@ -38,9 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2ForCausalLM
 
 from real_lightning.policy.loading import TINY_POLICY_DIR, load_tokenizer
+from real_lightning.policy.tiny import tiny_qwen2_config
 from real_lightning.rollout.hf import HFEngine
 from real_lightning.rollout.vllm import VLLMEngine
 
@@ -63,18 +64,16 @@ def random_qwen2(directory: Path, vocab: int = 32_000) -> Path:
     backend = Tokenizer(models.WordLevel(words, unk_token="<pad>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>").save_pretrained(directory)
-    config = Qwen2Config(
+    config = tiny_qwen2_config(
         vocab_size=vocab,
-        hidden_size=512,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        intermediate_size=1536,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        pad_token_id=0,
         eos_token_id=1,
-        bos_token_id=1,
+        pad_token_id=0,
+        hidden_size=512,
+        num_layers=8,
+        num_heads=8,
+        num_kv_heads=2,
+        intermediate_size=1536,
+        max_positions=1024,
     )
     torch.manual_seed(0)
     Qwen2ForCausalLM(config).save_pretrained(directory)
