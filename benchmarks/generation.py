@@ -110,35 +110,33 @@ def run(workload: Workload, repeats: int, eager: bool) -> list[dict]:
     seed = iter(range(10**6))
     token_prompts = [TokensPrompt(prompt_token_ids=p) for p in prompts]
 
-    def raw() -> int:
-        params = engine.sampling_params(len(prompts), n, next(seed))  # built outside the timed call below
+    def raw() -> tuple[float, int]:
+        params = engine.sampling_params(len(prompts), n, next(seed))  # built outside the timed call
         start = time.perf_counter()
         outputs = engine.llm.generate(token_prompts, params, use_tqdm=False)
-        raw_seconds.append(time.perf_counter() - start)
-        return sum(len(c.token_ids) for o in outputs for c in o.outputs)
+        return time.perf_counter() - start, sum(len(c.token_ids) for o in outputs for c in o.outputs)
 
-    def wrapped(sampler: HFEngine | VLLMEngine) -> Callable[[], int]:
-        return lambda: int(sampler.generate(prompts, n, next(seed)).response_mask.sum())
+    def wrapped(sampler: HFEngine | VLLMEngine) -> Callable[[], tuple[float, int]]:
+        def call() -> tuple[float, int]:
+            start = time.perf_counter()
+            tokens = int(sampler.generate(prompts, n, next(seed)).response_mask.sum())
+            return time.perf_counter() - start, tokens
+
+        return call
 
     version = iter(range(1, 10**6))
 
-    def sync() -> int:
+    def sync() -> tuple[float, int]:
+        start = time.perf_counter()
         engine.update_weights(((name, p.detach()) for name, p in policy.named_parameters()), next(version))
-        return 0
+        return time.perf_counter() - start, 0
 
-    raw_seconds: list[float] = []
-    samples: dict[str, list[float]] = {"raw vllm": [], "VLLMEngine": [], "HFEngine": [], "sync": []}
-    tokens: dict[str, int] = {}
     calls = {"raw vllm": raw, "VLLMEngine": wrapped(engine), "HFEngine": wrapped(hf), "sync": sync}
-    for name, call in calls.items():  # warm-up
-        tokens[name] = call()
-    raw_seconds.clear()
+    tokens = {name: call()[1] for name, call in calls.items()}  # warm-up
+    samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):  # alternate, so that load drifts hit every sampler alike
         for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            samples[name].append(time.perf_counter() - start)
-    samples["raw vllm"] = raw_seconds
+            samples[name].append(call()[0])
     rows = []
     for name in ("raw vllm", "VLLMEngine", "HFEngine"):
         seconds = statistics.median(samples[name])
