@@ -45,7 +45,7 @@ class RealLightningCLI(LightningCLI):
     def before_fit(self) -> None:
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
         resuming = attach_loggers_to_run(self.trainer, ckpt_path) is not None or (
-            ckpt_path is not None and Path(ckpt_path).is_file()
+            ckpt_path is not None and Path(ckpt_path).exists()
         )
         if self.config[self.subcommand].get("validate_before_fit") and not resuming:
             self.trainer.validate(self.model, datamodule=self.datamodule)

@@ -1,31 +1,64 @@
-"""Export a RealPolicyModule checkpoint to a Hugging Face directory (model + tokenizer), on demand.
+"""Export a training checkpoint as a Hugging Face model directory (loadable by transformers and vLLM).
 
-    python -m real_lightning.export runs/quickstart/version_0/checkpoints/last.ckpt runs/quickstart/hf-last
+    python -m real_lightning.export runs/x/version_0/checkpoints/last.ckpt runs/x/hf [--pretrained PATH]
 
-The directory loads with ``AutoModelForCausalLM`` / ``AutoTokenizer`` (and vLLM), and with
-``real-lightning validate --model.pretrained DIR``.
+The checkpoint is a Lightning ``.ckpt`` file or a distributed checkpoint (a directory of shards written
+under FSDP); it is read in one process, without a process group. The architecture and tokenizer come
+from the run's ``model.pretrained`` (stored in the checkpoint) unless ``--pretrained`` names another copy.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
-from real_lightning.module import RealPolicyModule
+import torch
+
+from real_lightning.policy.loading import load_policy, load_tokenizer
+
+_PREFIX = "policy."
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
-def export_checkpoint(checkpoint: str | Path, directory: str | Path) -> Path:
-    """Load the module from ``checkpoint`` (CPU) and ``save_pretrained`` its policy and tokenizer."""
-    module = RealPolicyModule.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=False)
-    return module.export_hf(directory)
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A Lightning checkpoint as a dict (``state_dict``, ``hyper_parameters``, ...), sharded or not."""
+    if path.is_dir():
+        from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+        return _load_distributed_checkpoint(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def main() -> None:
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, pretrained: str | None = None) -> Path:
+    """Write the checkpoint's policy and tokenizer to ``out_dir`` with ``save_pretrained``."""
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    state = read_checkpoint(checkpoint)
+    hparams = state.get("hyper_parameters", {})
+    source = pretrained or hparams.get("pretrained")
+    if not source:
+        raise ValueError(f"{checkpoint} names no model.pretrained: pass --pretrained")
+    dtype = _DTYPES.get(hparams.get("dtype") or "")
+    weights = {k[len(_PREFIX) :]: v for k, v in state["state_dict"].items() if k.startswith(_PREFIX)}
+    if not weights:
+        raise ValueError(f"{checkpoint} holds no policy weights (keys starting with {_PREFIX!r})")
+    policy = load_policy(source, dtype)
+    policy.load_state_dict(weights)  # strict: every weight of the architecture, nothing else
+    out_dir.mkdir(parents=True, exist_ok=True)
+    policy.save_pretrained(out_dir)
+    load_tokenizer(source).save_pretrained(out_dir)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("directory", type=Path)
-    args = parser.parse_args()
-    print(f"exported to {export_checkpoint(args.checkpoint, args.directory)}")
+    parser.add_argument("checkpoint", type=Path, help="a .ckpt file or a distributed checkpoint directory")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--pretrained", help="architecture and tokenizer (default: the run's model.pretrained)")
+    args = parser.parse_args(argv)
+    print(f"exported {args.checkpoint} to {export_checkpoint(args.checkpoint, args.out_dir, args.pretrained)}")
 
 
 if __name__ == "__main__":

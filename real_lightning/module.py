@@ -20,10 +20,20 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import grad_norm, rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
+from real_lightning.fsdp import (
+    FSDPConfig,
+    empty_policy,
+    full_state_dict,
+    has_meta_parameters,
+    is_sharded,
+    load_weights,
+    shard_policy,
+    total_grad_norm,
+)
 from real_lightning.logprobs import sequence_logprobs
 from real_lightning.losses import LOSSES
 from real_lightning.policy.loading import BUILTIN, load_policy, load_tokenizer
@@ -63,6 +73,9 @@ class RealPolicyModule(LightningModule):
             by min(Π_t π_old/π_behaviour, cap); ``off``. Engines that sample with the training weights
             (HFEngine) report no behaviour log-probs: no correction applies (the ratio is 1).
         importance_cap: C, the truncation of the importance weights.
+        fsdp: shard the policy with FSDP2 (needs ``trainer.strategy`` :class:`~real_lightning.fsdp.FSDP2Strategy`,
+            see ``configs/fsdp.yaml``): its parameters are created on the meta device and loaded once,
+            sharded, when the trainer configures the model. None: a full copy per process (DDP, one device).
     """
 
     def __init__(
@@ -82,6 +95,7 @@ class RealPolicyModule(LightningModule):
         export_dir: str | None = None,
         importance_sampling: Literal["off", "token", "sequence"] = "off",
         importance_cap: float = 2.0,
+        fsdp: FSDPConfig | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -92,7 +106,9 @@ class RealPolicyModule(LightningModule):
             raise ValueError(f"lr must be > 0, got {lr}")
         self.tokenizer = load_tokenizer(pretrained)
         # from_pretrained returns eval mode
-        self.policy = load_policy(pretrained, _DTYPES[dtype] if dtype else None).train()
+        self.fsdp = FSDPConfig(**fsdp) if isinstance(fsdp, dict) else fsdp
+        torch_dtype = _DTYPES[dtype] if dtype else None
+        self.policy = (empty_policy(pretrained, torch_dtype) if fsdp else load_policy(pretrained, torch_dtype)).train()
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.importance_sampling = ImportanceSampling(importance_sampling, importance_cap)
@@ -100,6 +116,24 @@ class RealPolicyModule(LightningModule):
         self._skip_update = False
         self._engines_set_up: dict[int, RolloutEngine] = {}  # by id: engines need not be hashable
         self._update_start: float | None = None
+
+    # --- sharding ---------------------------------------------------------------------------------------
+
+    @override
+    def configure_model(self) -> None:
+        """Shard the policy over the data-parallel mesh (FSDP2) and load weights still on the meta device.
+
+        Lightning calls it on every fit/validate/test, after the process group exists and before the
+        optimizer is built and a checkpoint restored; it does its work once.
+        """
+        mesh = self.device_mesh
+        if mesh is not None and not is_sharded(self.policy):
+            if mesh["tensor_parallel"].size() != 1:
+                raise ValueError("tensor parallelism is not supported: use real_lightning.fsdp.FSDP2Strategy")
+            shard_policy(self.policy, mesh["data_parallel"], self.fsdp or FSDPConfig())
+        if has_meta_parameters(self.policy):
+            dtype = _DTYPES[self.hparams.dtype] if self.hparams.dtype else None
+            load_weights(self.policy, self.hparams.pretrained, dtype, self.trainer.strategy.root_device)
 
     # --- the data side -----------------------------------------------------------------------------
 
@@ -212,7 +246,7 @@ class RealPolicyModule(LightningModule):
         micro-batches' backward passes inside the step do not communicate), like ``no_sync``.
         """
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        if self.trainer.world_size == 1:
+        if self.trainer.world_size == 1 or is_sharded(self.policy):  # FSDP reduce-scatters in every backward
             return torch.zeros((), device=self.device, requires_grad=True)
         return torch.stack([p.sum() for p in params]).sum() * 0.0
 
@@ -234,9 +268,9 @@ class RealPolicyModule(LightningModule):
             for param in self.policy.parameters():
                 param.grad = None
             return
-        norms = grad_norm(self.policy, norm_type=2)
-        if norms:
-            self.log("train/grad_norm", norms["grad_2.0_norm_total"])
+        norm = total_grad_norm(list(self.policy.parameters()))  # over all shards: a collective under FSDP
+        if norm is not None:
+            self.log("train/grad_norm", norm)
         self.log("train/lr", optimizer.param_groups[0]["lr"])
 
     @override
@@ -296,13 +330,19 @@ class RealPolicyModule(LightningModule):
             torch.cuda.set_rng_state_all(states["cuda"])
         self.skipped_steps = int(states.get("skipped_steps", 0))
 
-    @rank_zero_only
     def export_hf(self, directory: str | Path) -> Path:
-        """Save the policy and tokenizer with ``save_pretrained`` (loadable by transformers and vLLM)."""
+        """Save the full policy and tokenizer with ``save_pretrained`` (loadable by transformers and vLLM).
+
+        Call it on every rank: a sharded policy is gathered (a collective); rank 0 writes.
+        """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.policy.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+        weights = full_state_dict(self.policy)
+        if self._trainer is None or self.trainer.is_global_zero:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.policy.save_pretrained(directory, state_dict=weights)
+            self.tokenizer.save_pretrained(directory)
+        if self._trainer is not None:
+            self.trainer.strategy.barrier("export_hf")
         return directory
 
     @override

@@ -33,7 +33,7 @@ def find_run(root: Path, ckpt_path: str) -> tuple[Path, Path] | None:
     inside a version folder's ``checkpoints``; None when nothing matches.
     """
     if ckpt_path == "last":
-        candidates = [p for p in root.glob("*/checkpoints/last*.ckpt") if p.is_file()]
+        candidates = [p for p in root.glob("*/checkpoints/last*.ckpt") if p.exists()]  # a directory: distributed
         if not candidates:
             return None
         newest = max(candidates, key=lambda p: p.stat().st_mtime)
@@ -45,8 +45,12 @@ def find_run(root: Path, ckpt_path: str) -> tuple[Path, Path] | None:
 
 
 def checkpoint_step(path: Path) -> int:
-    """The ``global_step`` stored in a Lightning checkpoint (memory-mapped, not loaded)."""
-    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["global_step"])
+    """The ``global_step`` stored in a Lightning checkpoint (memory-mapped, not loaded); for a distributed
+    checkpoint (a directory of shards, FSDP) the one in its ``meta.pt``."""
+    from lightning.fabric.utilities.load import _METADATA_FILENAME
+
+    meta = path / _METADATA_FILENAME if path.is_dir() else path
+    return int(torch.load(meta, map_location="cpu", mmap=True, weights_only=True)["global_step"])
 
 
 def attach_loggers_to_run(trainer: Trainer, ckpt_path: str | None) -> int | None:

@@ -16,6 +16,16 @@ def _hex(values: torch.Tensor) -> list[str]:
     return [float(v).hex() for v in values.double().flatten().tolist()]
 
 
+def _full(param: torch.Tensor) -> torch.Tensor:
+    """The whole parameter (a collective for an FSDP shard)."""
+    return param.full_tensor() if hasattr(param, "full_tensor") else param
+
+
+def _local(param: torch.Tensor) -> torch.Tensor:
+    """This rank's part of the parameter (its FSDP shard, or all of it)."""
+    return param.to_local() if hasattr(param, "to_local") else param
+
+
 class StepRecorder(Callback):
     """Appends one JSON line per optimizer step (rank 0 and others to ``<path>.rank<r>``): the loss, the
     rollouts' rewards and group ids, and the per-rollout weights, as exact hex floats."""
@@ -34,7 +44,8 @@ class StepRecorder(Callback):
             "weights": _hex(out.metrics["grad_weights"]) if out is not None else [],
             "rewards": _hex(rollouts.rewards) if rollouts is not None else [],
             "prompts": rollouts.prompt_ids.tolist() if rollouts is not None else [],
-            "param_sum": float(sum(p.double().sum() for p in pl_module.policy.parameters())).hex(),
+            "param_sum": float(sum(_full(p).double().sum() for p in pl_module.policy.parameters())).hex(),
+            "local_numel": sum(_local(p).numel() for p in pl_module.policy.parameters()),
         }
         path = Path(self.path if trainer.global_rank == 0 else f"{self.path}.rank{trainer.global_rank}")
         with path.open("a") as f:

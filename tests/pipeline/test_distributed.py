@@ -7,9 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
+from real_lightning.export import export_checkpoint
 from tests.pipeline.launch import REPO, run_ranks
 
 pytestmark = pytest.mark.distributed
@@ -26,7 +29,9 @@ def _overlay(root: Path, extra_callbacks: list[dict]) -> Path:
     return path
 
 
-def _args(policy_dir: str, root: Path, world_size: int, *, loss: str, extra_callbacks: list[dict] = ()) -> list[str]:
+def _args(
+    policy_dir: str, root: Path, world_size: int, *, loss: str, extra_callbacks: list[dict] = (), fsdp: bool = False
+) -> list[str]:
     root.mkdir(parents=True, exist_ok=True)
     args = [
         "fit",
@@ -57,7 +62,9 @@ def _args(policy_dir: str, root: Path, world_size: int, *, loss: str, extra_call
         "--data.validation.samples", "4",
         "--pass_at_k.ks", "[1]",
     ]  # fmt: skip
-    if world_size > 1:
+    if fsdp:
+        args[3:3] = ["-c", str(REPO / "configs" / "fsdp.yaml")]
+    elif world_size > 1:
         args += ["--trainer.strategy", "ddp"]
     return args
 
@@ -72,12 +79,13 @@ def _pass_at_1(output: str) -> str:
     return match.group(0)
 
 
-@pytest.mark.parametrize("loss", ["real", "dapo"])
-def test_two_processes_train_like_one(policy_dir, tmp_path, loss) -> None:
-    """Same rollouts (a scripted engine) on 1 and 2 ranks: same per-step loss, same final weights, same Pass@1."""
+@pytest.mark.parametrize(("loss", "fsdp"), [("real", False), ("dapo", False), ("real", True), ("grpo", True)])
+def test_two_processes_train_like_one(policy_dir, tmp_path, loss, fsdp) -> None:
+    """Same rollouts (a scripted engine) on 1 rank (unsharded) and 2 ranks (DDP, or FSDP2 with the policy
+    sharded): same per-step loss, same final weights, same Pass@1."""
     outputs = {}
     for world in (1, 2):
-        args = _args(policy_dir, tmp_path / f"w{world}", world, loss=loss)
+        args = _args(policy_dir, tmp_path / f"w{world}", world, loss=loss, fsdp=fsdp and world == 2)
         args += ["--model.dtype", "float64", "--data.engine", json.dumps(SCRIPTED)]
         outputs[world] = run_ranks(args, world, tmp_path / f"w{world}" / "logs")
     one, two = _records(tmp_path / "w1" / "steps.jsonl"), _records(tmp_path / "w2" / "steps.jsonl")
@@ -88,6 +96,9 @@ def test_two_processes_train_like_one(policy_dir, tmp_path, loss) -> None:
     assert any(float.fromhex(r["loss"][0]) != 0 for r in one.values())
     # rank 1 saw the other half of every rollout batch
     rank1 = _records(tmp_path / "w2" / "steps.jsonl.rank1")
+    full = one[1]["local_numel"]
+    for records in (two, rank1):  # FSDP: each rank holds about half of the parameters; DDP: all of them
+        assert records[1]["local_numel"] <= (0.55 * full if fsdp else full) and records[1]["local_numel"] > 0.45 * full
     for step in one:
         assert sorted(two[step]["prompts"] + rank1[step]["prompts"]) == sorted(one[step]["prompts"])
     w1, w2 = (
@@ -116,21 +127,27 @@ def test_a_skipped_update_on_one_rank_does_not_hang_the_other(policy_dir, tmp_pa
     assert "update skipped" in outputs[0]
 
 
-def test_two_process_resume_after_sigkill_is_exact(policy_dir, tmp_path) -> None:
-    """Both ranks SIGKILLed mid rollout batch, resumed with --ckpt_path last: every rank's steps bit-identical."""
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_two_process_resume_after_sigkill_is_exact(policy_dir, tmp_path, fsdp) -> None:
+    """Both ranks SIGKILLed mid rollout batch, resumed with --ckpt_path last: every rank's steps bit-identical
+    (FSDP2: from a distributed checkpoint, a directory of shards)."""
     checkpoint = {
         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
         "init_args": {"every_n_train_steps": 1, "save_last": True},
     }
     kill = {"class_path": "tests.pipeline.callbacks_for_tests.KillAtStep", "init_args": {"step": 3}}
     common = ["--data.schedule.prompts_per_minibatch", "2", "--trainer.enable_checkpointing", "true"]
-    straight = _args(policy_dir, tmp_path / "straight", 2, loss="real", extra_callbacks=[checkpoint]) + common
+    straight = (
+        _args(policy_dir, tmp_path / "straight", 2, loss="real", extra_callbacks=[checkpoint], fsdp=fsdp) + common
+    )
     run_ranks(straight, 2, tmp_path / "straight" / "logs")
-    broken = _args(policy_dir, tmp_path / "broken", 2, loss="real", extra_callbacks=[kill, checkpoint]) + common
+    broken = (
+        _args(policy_dir, tmp_path / "broken", 2, loss="real", extra_callbacks=[kill, checkpoint], fsdp=fsdp) + common
+    )
     run_ranks(broken, 2, tmp_path / "broken" / "logs", exit_code=-9)
     for name in ("steps.jsonl", "steps.jsonl.rank1"):
         (tmp_path / "broken" / name).rename(tmp_path / "broken" / f"killed_{name}")
-    resumed = _args(policy_dir, tmp_path / "broken", 2, loss="real", extra_callbacks=[checkpoint]) + common
+    resumed = _args(policy_dir, tmp_path / "broken", 2, loss="real", extra_callbacks=[checkpoint], fsdp=fsdp) + common
     run_ranks([*resumed, "--ckpt_path", "last"], 2, tmp_path / "broken" / "logs2")
     for name in ("steps.jsonl", "steps.jsonl.rank1"):
         expected, after = _records(tmp_path / "straight" / name), _records(tmp_path / "broken" / name)
@@ -138,3 +155,11 @@ def test_two_process_resume_after_sigkill_is_exact(policy_dir, tmp_path) -> None
         assert after[3]["request"] == [2, 0, 2]
         for step in after:
             assert after[step] == expected[step], f"{name}, step {step}"
+    # the final weights, gathered at fit's end (export_dir) and exported later from the last checkpoint, agree
+    last = next((tmp_path / "straight").rglob("last.ckpt"))
+    assert last.is_dir() == fsdp  # FSDP writes a distributed checkpoint: a directory of shards + meta.pt
+    exported = export_checkpoint(last, tmp_path / "exported")
+    at_fit_end, later = (load_file(d / "model.safetensors") for d in (tmp_path / "straight" / "hf", exported))
+    assert at_fit_end.keys() == later.keys() and all(torch.equal(at_fit_end[k], later[k]) for k in later)
+    reloaded = AutoModelForCausalLM.from_pretrained(exported)
+    assert torch.equal(reloaded.model.embed_tokens.weight, at_fit_end["model.embed_tokens.weight"])
