@@ -116,6 +116,7 @@ class RealPolicyModule(LightningModule):
         self._skip_update = False
         self._engines_set_up: dict[int, RolloutEngine] = {}  # by id: engines need not be hashable
         self._update_start: float | None = None
+        self._grad_norm: Tensor | None = None  # this step's total gradient norm, before clipping
 
     # --- sharding ---------------------------------------------------------------------------------------
 
@@ -268,10 +269,28 @@ class RealPolicyModule(LightningModule):
             for param in self.policy.parameters():
                 param.grad = None
             return
-        norm = total_grad_norm(list(self.policy.parameters()))  # over all shards: a collective under FSDP
-        if norm is not None:
-            self.log("train/grad_norm", norm)
+        # over all shards (one collective under FSDP), before clipping; configure_gradient_clipping reuses it
+        self._grad_norm = total_grad_norm(list(self.policy.parameters()))
+        if self._grad_norm is not None:
+            self.log("train/grad_norm", self._grad_norm)
         self.log("train/lr", optimizer.param_groups[0]["lr"])
+
+    @override
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """``trainer.gradient_clip_val`` by norm scales the gradients by min(1, clip / ‖g‖) with the total norm
+        measured in :meth:`on_before_optimizer_step` (over all shards: no second reduction); by value as Lightning."""
+        if self._skip_update or not gradient_clip_val:
+            return
+        if gradient_clip_algorithm in (None, "norm") and self._grad_norm is not None:
+            params = [p for p in self.policy.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, self._grad_norm)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

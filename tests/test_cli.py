@@ -14,7 +14,7 @@ from real_lightning.module import RealPolicyModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
-OVERLAYS = {"vllm.yaml"}  # switch any config to another engine: parsed on top of the quickstart
+OVERLAYS = {"vllm.yaml", "fsdp.yaml"}  # another engine or strategy for any config: parsed on the quickstart
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))

@@ -180,6 +180,29 @@ def test_gradient_checkpointing_gives_the_same_gradients(policy_dir) -> None:
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("clip", [1e-3, 1e6])
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_gradient_clipping_by_norm_reuses_the_logged_norm(policy_dir, clip) -> None:
+    """The module clips with the norm it measured for train/grad_norm: the same result as torch's
+    clip_grad_norm_ (which measures again), whether the clip acts or not."""
+    module = RealPolicyModule(pretrained=policy_dir)
+    params = list(module.policy.parameters())
+    torch.manual_seed(0)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    references = [p.detach().clone() for p in params]
+    for ref, p in zip(references, params, strict=True):
+        ref.grad = p.grad.clone()
+    reference_norm = torch.nn.utils.clip_grad_norm_(references, clip)
+    optimizer = torch.optim.SGD(params, lr=1.0)
+    module.on_before_optimizer_step(optimizer)  # no trainer: the log calls are no-ops
+    torch.testing.assert_close(module._grad_norm, reference_norm)
+    module.configure_gradient_clipping(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+    for p, ref in zip(params, references, strict=True):
+        torch.testing.assert_close(p.grad, ref.grad)
+    assert (float(reference_norm) > clip) == (clip == 1e-3)
+
+
 def test_csv_logger_records_the_same_metrics(policy_dir, tmp_path) -> None:
     import csv
 

@@ -26,9 +26,23 @@ def _local(param: torch.Tensor) -> torch.Tensor:
     return param.to_local() if hasattr(param, "to_local") else param
 
 
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _mismatch_max(rollouts: Any) -> float | None:
+    """max |log π_old − log π_behaviour| over this rank's response tokens (None: the engine reports none)."""
+    if rollouts is None or rollouts.behaviour_logprobs is None or rollouts.old_logprobs is None:
+        return None
+    gap = (rollouts.old_logprobs.double() - rollouts.behaviour_logprobs.double()).abs()
+    return float(gap[rollouts.response_mask].max())
+
+
 class StepRecorder(Callback):
     """Appends one JSON line per optimizer step (rank 0 and others to ``<path>.rank<r>``): the loss, the
-    rollouts' rewards and group ids, and the per-rollout weights, as exact hex floats."""
+    rollouts' rewards and group ids, and the per-rollout weights, as exact hex floats; the sum of the
+    weights after the step, this rank's share of them, the logged gradient norm, the sampler mismatch and
+    the longest response."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -46,6 +60,9 @@ class StepRecorder(Callback):
             "prompts": rollouts.prompt_ids.tolist() if rollouts is not None else [],
             "param_sum": float(sum(_full(p).double().sum() for p in pl_module.policy.parameters())).hex(),
             "local_numel": sum(_local(p).numel() for p in pl_module.policy.parameters()),
+            "grad_norm": _number(trainer.callback_metrics.get("train/grad_norm")),
+            "mismatch_max": _mismatch_max(rollouts),
+            "longest_response": int(rollouts.response_mask.sum(-1).max()) if rollouts is not None else None,
         }
         path = Path(self.path if trainer.global_rank == 0 else f"{self.path}.rank{trainer.global_rank}")
         with path.open("a") as f:
@@ -91,3 +108,17 @@ class NanLossOnRank(Callback):
     ) -> None:
         if self._original is not None:
             pl_module.loss_fn, self._original = self._original, None
+
+
+class ShorterGenerationOnRank(Callback):
+    """Caps the rollout engine's ``max_new_tokens`` on rank ``rank`` only, so that the ranks' generate calls
+    end at different lengths (a sharded policy then needs every rank to keep decoding until all are done)."""
+
+    def __init__(self, rank: int, max_new_tokens: int) -> None:
+        self.rank, self.max_new_tokens = rank, max_new_tokens
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if trainer.global_rank == self.rank:
+            collector = trainer.datamodule.collector
+            for engine in (collector.engine, collector.val_engine):
+                engine.max_new_tokens = self.max_new_tokens

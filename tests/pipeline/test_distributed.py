@@ -8,69 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from real_lightning.export import export_checkpoint
-from tests.pipeline.launch import REPO, run_ranks
+from real_lightning.policy.loading import BUILTIN
+from tests.pipeline.launch import run_ranks
+from tests.pipeline.small_runs import SCRIPTED, fit_args, step_records
 
 pytestmark = pytest.mark.distributed
-SCRIPTED = {"class_path": "tests.pipeline.scripted_engine.ScriptedEngine", "init_args": {"max_new_tokens": 6}}
-
-
-def _overlay(root: Path, extra_callbacks: list[dict]) -> Path:
-    recorder = {
-        "class_path": "tests.pipeline.callbacks_for_tests.StepRecorder",
-        "init_args": {"path": str(root / "steps.jsonl")},
-    }
-    path = root / "overlay.yaml"
-    path.write_text(yaml.safe_dump({"trainer": {"callbacks": [recorder, *extra_callbacks]}}))
-    return path
-
-
-def _args(
-    policy_dir: str, root: Path, world_size: int, *, loss: str, extra_callbacks: list[dict] = (), fsdp: bool = False
-) -> list[str]:
-    root.mkdir(parents=True, exist_ok=True)
-    args = [
-        "fit",
-        "-c", str(REPO / "configs" / "quickstart.yaml"),
-        "-c", str(_overlay(root, list(extra_callbacks))),
-        "--model.pretrained", policy_dir,
-        "--model.loss", loss,
-        "--model.loss_kwargs", "{}",
-        "--model.lr", "0.01",
-        "--model.export_dir", str(root / "hf"),
-        "--trainer.max_steps", "4",
-        "--trainer.val_check_interval", "4",
-        "--trainer.log_every_n_steps", "1",
-        "--trainer.enable_checkpointing", "false",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", str(root),
-        "--trainer.logger.init_args.save_dir", str(root),
-        "--trainer.accelerator", "cpu",
-        "--trainer.devices", str(world_size),
-        "--data.schedule.prompts_per_rollout", "4",
-        "--data.schedule.rollouts_per_prompt", "4",
-        "--data.schedule.ppo_epochs", "2",
-        "--data.schedule.max_sequences_per_micro_batch", "4",
-        "--data.verifier.reward", "tests.rewards_for_tests:first_char_even",
-        "--data.verifier.truncated_is_wrong", "false",
-        "--data.val.held_out.limit", "9",
-        "--data.validation.prompts_per_batch", "4",
-        "--data.validation.samples", "4",
-        "--pass_at_k.ks", "[1]",
-    ]  # fmt: skip
-    if fsdp:
-        args[3:3] = ["-c", str(REPO / "configs" / "fsdp.yaml")]
-    elif world_size > 1:
-        args += ["--trainer.strategy", "ddp"]
-    return args
-
-
-def _records(path: Path) -> dict[int, dict]:
-    return {r["step"]: r for r in map(json.loads, path.read_text().splitlines())}
 
 
 def _pass_at_1(output: str) -> str:
@@ -79,23 +25,31 @@ def _pass_at_1(output: str) -> str:
     return match.group(0)
 
 
-@pytest.mark.parametrize(("loss", "fsdp"), [("real", False), ("dapo", False), ("real", True), ("grpo", True)])
-def test_two_processes_train_like_one(policy_dir, tmp_path, loss, fsdp) -> None:
+@pytest.mark.parametrize(
+    ("loss", "fsdp", "checkpointing"),
+    [("real", False, False), ("dapo", False, False), ("real", True, False), ("grpo", True, True)],
+    ids=["real-ddp", "dapo-ddp", "real-fsdp", "grpo-fsdp-checkpointing"],
+)
+def test_two_processes_train_like_one(policy_dir, tmp_path, loss, fsdp, checkpointing) -> None:
     """Same rollouts (a scripted engine) on 1 rank (unsharded) and 2 ranks (DDP, or FSDP2 with the policy
-    sharded): same per-step loss, same final weights, same Pass@1."""
+    sharded, with activation checkpointing on both sides): same per-step loss and gradient norm (clipped
+    at 0.05, so clipping acts), same final weights, same Pass@1."""
     outputs = {}
     for world in (1, 2):
-        args = _args(policy_dir, tmp_path / f"w{world}", world, loss=loss, fsdp=fsdp and world == 2)
+        args = fit_args(policy_dir, tmp_path / f"w{world}", world, loss=loss, fsdp=fsdp and world == 2)
         args += ["--model.dtype", "float64", "--data.engine", json.dumps(SCRIPTED)]
+        args += ["--trainer.gradient_clip_val", "0.05", "--model.gradient_checkpointing", str(checkpointing).lower()]
         outputs[world] = run_ranks(args, world, tmp_path / f"w{world}" / "logs")
-    one, two = _records(tmp_path / "w1" / "steps.jsonl"), _records(tmp_path / "w2" / "steps.jsonl")
+    one, two = step_records(tmp_path / "w1" / "steps.jsonl"), step_records(tmp_path / "w2" / "steps.jsonl")
     assert sorted(one) == sorted(two) == [1, 2, 3, 4]
     for step in one:
         a, b = float.fromhex(one[step]["loss"][0]), float.fromhex(two[step]["loss"][0])
         assert a == pytest.approx(b, rel=1e-9, abs=1e-12), f"step {step}: loss {a} (1 rank) vs {b} (2 ranks)"
+        assert one[step]["grad_norm"] == pytest.approx(two[step]["grad_norm"], rel=1e-6), f"step {step}: grad norm"
     assert any(float.fromhex(r["loss"][0]) != 0 for r in one.values())
+    assert max(r["grad_norm"] for r in one.values()) > 0.05  # the clip acted at least once
     # rank 1 saw the other half of every rollout batch
-    rank1 = _records(tmp_path / "w2" / "steps.jsonl.rank1")
+    rank1 = step_records(tmp_path / "w2" / "steps.jsonl.rank1")
     full = one[1]["local_numel"]
     for records in (two, rank1):  # FSDP: each rank holds about half of the parameters; DDP: all of them
         assert records[1]["local_numel"] <= (0.55 * full if fsdp else full) and records[1]["local_numel"] > 0.45 * full
@@ -112,13 +66,34 @@ def test_two_processes_train_like_one(policy_dir, tmp_path, loss, fsdp) -> None:
     assert _pass_at_1(outputs[1][0]) == _pass_at_1(outputs[2][0])  # validation sharded over ranks, reduced
 
 
+def test_fsdp_mixed_precision_computes_in_bf16_and_keeps_fp32_weights(policy_dir, tmp_path) -> None:
+    """FSDP2 with param_dtype bfloat16 and reduce_dtype float32 on 2 ranks against fp32 on 1 rank, same rollouts:
+    the first gradient norm (before any update) agrees up to bf16 rounding but is not the fp32 value (the
+    compute is bf16), the weights stay float32 (sharded master copy, export) and end close to the fp32 run's."""
+    bf16 = ["--model.fsdp.param_dtype", "bfloat16", "--model.fsdp.reduce_dtype", "float32"]
+    for name, world in (("fp32", 1), ("bf16", 2)):
+        args = fit_args(policy_dir, tmp_path / name, world, loss="real", fsdp=world == 2)
+        args += ["--data.engine", json.dumps(SCRIPTED), *(bf16 if world == 2 else [])]
+        run_ranks(args, world, tmp_path / name / "logs")
+    fp32, mixed = step_records(tmp_path / "fp32" / "steps.jsonl"), step_records(tmp_path / "bf16" / "steps.jsonl")
+    a, b = fp32[1]["grad_norm"], mixed[1]["grad_norm"]  # at ratio 1 the loss value is precision-free
+    assert a != b and b == pytest.approx(a, rel=5e-2), (a, b)
+    start = load_file(Path(policy_dir) / "model.safetensors")
+    w32, w16 = (load_file(tmp_path / name / "hf" / "model.safetensors") for name in ("fp32", "bf16"))
+    assert all(w16[k].dtype == torch.float32 for k in w16)
+    moved = sum(float((w32[k] - start[k]).abs().sum()) for k in w32)
+    apart = sum(float((w16[k] - w32[k]).abs().sum()) for k in w32)
+    print(f"bf16 vs fp32: moved {moved:.4g}, apart {apart:.4g}")
+    assert moved > 0 and apart < 0.25 * moved, (moved, apart)
+
+
 def test_a_skipped_update_on_one_rank_does_not_hang_the_other(policy_dir, tmp_path) -> None:
     """Rank 1's loss is NaN at step 1: both ranks skip that update and go on; dynamic sampling runs too."""
     nan = {"class_path": "tests.pipeline.callbacks_for_tests.NanLossOnRank", "init_args": {"rank": 1, "step": 1}}
-    args = _args(policy_dir, tmp_path, 2, loss="real", extra_callbacks=[nan])
+    args = fit_args(policy_dir, tmp_path, 2, loss="real", extra_callbacks=[nan])
     args += ["--data.schedule.dynamic_sampling", "true", "--data.schedule.max_sampling_rounds", "2"]
     outputs = run_ranks(args, 2, tmp_path / "logs")
-    rank0, rank1 = _records(tmp_path / "steps.jsonl"), _records(tmp_path / "steps.jsonl.rank1")
+    rank0, rank1 = step_records(tmp_path / "steps.jsonl"), step_records(tmp_path / "steps.jsonl.rank1")
     assert sorted(rank0) == sorted(rank1) == [1, 2, 3, 4]
     for records in (rank0, rank1):
         assert records[2]["param_sum"] == records[1]["param_sum"]  # step index 1 changed nothing
@@ -128,33 +103,44 @@ def test_a_skipped_update_on_one_rank_does_not_hang_the_other(policy_dir, tmp_pa
 
 
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
-def test_two_process_resume_after_sigkill_is_exact(policy_dir, tmp_path, fsdp) -> None:
+def test_two_process_resume_after_sigkill_is_exact(tmp_path, fsdp) -> None:
     """Both ranks SIGKILLed mid rollout batch, resumed with --ckpt_path last: every rank's steps bit-identical
-    (FSDP2: from a distributed checkpoint, a directory of shards)."""
+    (FSDP2: from a distributed checkpoint, a directory of shards). HF generation on the shipped policy, rank 1
+    capped at 4 new tokens: the ranks' generate calls end at different lengths (a sharded policy must keep
+    every rank decoding until all are done)."""
     checkpoint = {
         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
         "init_args": {"every_n_train_steps": 1, "save_last": True},
     }
     kill = {"class_path": "tests.pipeline.callbacks_for_tests.KillAtStep", "init_args": {"step": 3}}
     common = ["--data.schedule.prompts_per_minibatch", "2", "--trainer.enable_checkpointing", "true"]
-    straight = (
-        _args(policy_dir, tmp_path / "straight", 2, loss="real", extra_callbacks=[checkpoint], fsdp=fsdp) + common
-    )
+    common += ["--data.verifier.reward", "math"]
+    shorter = {
+        "class_path": "tests.pipeline.callbacks_for_tests.ShorterGenerationOnRank",
+        "init_args": {"rank": 1, "max_new_tokens": 4},
+    }
+
+    def args(name: str, callbacks: list[dict]) -> list[str]:
+        return fit_args(BUILTIN, tmp_path / name, 2, loss="real", extra_callbacks=callbacks, fsdp=fsdp) + common
+
+    straight = args("straight", [shorter, checkpoint])
     run_ranks(straight, 2, tmp_path / "straight" / "logs")
-    broken = (
-        _args(policy_dir, tmp_path / "broken", 2, loss="real", extra_callbacks=[kill, checkpoint], fsdp=fsdp) + common
-    )
+    broken = args("broken", [shorter, kill, checkpoint])
     run_ranks(broken, 2, tmp_path / "broken" / "logs", exit_code=-9)
-    for name in ("steps.jsonl", "steps.jsonl.rank1"):
+    names = ("steps.jsonl", "steps.jsonl.rank1")
+    for name in names:
         (tmp_path / "broken" / name).rename(tmp_path / "broken" / f"killed_{name}")
-    resumed = _args(policy_dir, tmp_path / "broken", 2, loss="real", extra_callbacks=[checkpoint], fsdp=fsdp) + common
+    resumed = args("broken", [shorter, checkpoint])
     run_ranks([*resumed, "--ckpt_path", "last"], 2, tmp_path / "broken" / "logs2")
-    for name in ("steps.jsonl", "steps.jsonl.rank1"):
-        expected, after = _records(tmp_path / "straight" / name), _records(tmp_path / "broken" / name)
+    for name in names:
+        expected, after = step_records(tmp_path / "straight" / name), step_records(tmp_path / "broken" / name)
         assert sorted(after) == [3, 4]  # resumed from the checkpoint of step 2: mini-batch 2 of rollout batch 0
         assert after[3]["request"] == [2, 0, 2]
         for step in after:
             assert after[step] == expected[step], f"{name}, step {step}"
+    # rank 1 generated at most 4 tokens, rank 0 up to 12: their generate calls ended at different lengths
+    lengths = {n: [r["longest_response"] for r in step_records(tmp_path / "straight" / n).values()] for n in names}
+    assert max(lengths["steps.jsonl.rank1"]) <= 4 < max(lengths["steps.jsonl"]), lengths
     # the final weights, gathered at fit's end (export_dir) and exported later from the last checkpoint, agree
     last = next((tmp_path / "straight").rglob("last.ckpt"))
     assert last.is_dir() == fsdp  # FSDP writes a distributed checkpoint: a directory of shards + meta.pt
