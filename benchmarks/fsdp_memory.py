@@ -43,7 +43,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.update_memory import GROUP_SIZE, MIB, _peak_rss_bytes, _reset_peak, _rss_bytes, build_batch
+from benchmarks.update_memory import (
+    GROUP_SIZE,
+    MIB,
+    _peak_rss_bytes,
+    _reset_peak,
+    _rss_bytes,
+    build_batch,
+    build_model,
+)
 
 CONFIGS = [("1 process, unsharded", 1, False), ("1 process, FSDP2", 1, True), ("2 processes, FSDP2", 2, True)]
 
@@ -154,23 +162,8 @@ def run_config(args: argparse.Namespace, model_dir: str, world: int, sharded: bo
 
 
 def save_model(args: argparse.Namespace, directory: str) -> int:
-    from transformers import Qwen2ForCausalLM
-
-    from real_lightning.policy.tiny import tiny_qwen2_config
-
-    config = tiny_qwen2_config(
-        vocab_size=args.vocab,
-        eos_token_id=1,
-        pad_token_id=0,
-        hidden_size=args.hidden,
-        num_layers=args.layers,
-        num_heads=8,
-        num_kv_heads=4,
-        intermediate_size=4 * args.hidden,
-        max_positions=max(1024, args.prompt + args.response),
-    )
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config).float()
+    """Save the random policy (8 heads / 4 KV heads) with ``save_pretrained``; returns its parameter count."""
+    model = build_model(args, num_heads=8, num_kv_heads=4)
     model.save_pretrained(directory)
     return sum(p.numel() for p in model.parameters())
 

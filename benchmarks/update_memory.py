@@ -115,7 +115,8 @@ def build_batch(groups: int, prompt: int, response: int, vocab: int, seed: int =
     )
 
 
-def build_model(args: argparse.Namespace) -> torch.nn.Module:
+def build_model(args: argparse.Namespace, num_heads: int = 4, num_kv_heads: int = 2) -> torch.nn.Module:
+    """A random fp32 ``Qwen2ForCausalLM`` (seed 0) of ``args.vocab``, ``args.hidden`` (MLP 4×), ``args.layers``."""
     from transformers import Qwen2ForCausalLM
 
     from real_lightning.policy.tiny import tiny_qwen2_config
@@ -126,8 +127,8 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
         pad_token_id=0,
         hidden_size=args.hidden,
         num_layers=args.layers,
-        num_heads=4,
-        num_kv_heads=2,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
         intermediate_size=4 * args.hidden,
         max_positions=max(1024, args.prompt + args.response),
     )
