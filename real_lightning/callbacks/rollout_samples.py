@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from typing_extensions import override
 
 from real_lightning.callbacks.periodic import PeriodicStepCallback
+from real_lightning.verifiers.answers import describe_ground_truth
 
 
 def _cell(text: str, limit: int) -> str:
@@ -49,7 +50,7 @@ class RolloutSampleLogger(PeriodicStepCallback):
             prompt_ids = batch.input_ids[i, : batch.prompt_length][batch.attention_mask[i, : batch.prompt_length] > 0]
             prompt = tokenizer.decode(prompt_ids.tolist(), skip_special_tokens=True) if tokenizer else ""
             response = batch.responses[i] if batch.responses else ""
-            truth = batch.ground_truths[i] if batch.ground_truths else ""
+            truth = describe_ground_truth(batch.ground_truths[i]) if batch.ground_truths else ""
             rows.append(
                 f"| {_cell(prompt, self.max_chars)} | {_cell(response, self.max_chars)} | "
                 f"{_cell(truth, self.max_chars)} | {float(batch.rewards[i]):g} |"

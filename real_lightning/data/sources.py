@@ -6,8 +6,10 @@ Two row schemas load:
   ``reward_model.ground_truth``;
 - plain: ``problem`` (text) and ``answer``.
 
-Rows with an empty or unusable ground truth are skipped and counted (``on_bad_row="skip"``) or
-raise an error naming the row (``"error"``).
+A ground truth is a text or a number, or a list of accepted answers (the verl files of Minerva and
+OlympiadBench; any of them scores 1): a list becomes a tuple of its usable answers (one: that answer).
+Rows with an empty or unusable ground truth (a list without a usable answer too) are skipped and
+counted (``on_bad_row="skip"``) or raise an error naming the row (``"error"``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from real_lightning.data.arithmetic import ArithmeticTask
-from real_lightning.data.records import PromptRecord
+from real_lightning.data.records import GroundTruth, PromptRecord
 from real_lightning.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -126,8 +128,8 @@ def _detect_schema(first: dict[str, Any], spec: DatasetSpec, name: str) -> tuple
     return fields
 
 
-def _ground_truth(value: Any) -> str | None:
-    """The ground truth as text, or None when it is empty or unusable."""
+def _scalar_truth(value: Any) -> str | None:
+    """One answer as text, or None when it is empty or unusable."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, float):
@@ -137,6 +139,17 @@ def _ground_truth(value: Any) -> str | None:
     if isinstance(value, str):
         return value.strip() or None
     return None
+
+
+def _ground_truth(value: Any) -> GroundTruth | None:
+    """The ground truth: a text, or the tuple of the usable accepted answers of a list (one: its text); None
+    when it is empty or unusable (a list with no usable answer included)."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
+        answers = tuple(dict.fromkeys(a for a in map(_scalar_truth, list(value)) if a is not None))
+        if not answers:
+            return None
+        return answers[0] if len(answers) == 1 else answers
+    return _scalar_truth(value)
 
 
 def _prompt(value: Any) -> str | tuple[dict[str, str], ...] | None:

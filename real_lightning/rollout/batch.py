@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from real_lightning.rollout.packing import pack_groups
+from real_lightning.verifiers.answers import GroundTruth
 
 _PROMPT_ALIGNED = ("input_ids", "attention_mask")
 """[B, Lp + T] fields: left-padded prompts followed by right-padded responses."""
@@ -40,7 +41,7 @@ class RolloutBatch:
             (and never, when the update is exactly on-policy: π_old = π_θ.detach()).
         behaviour_logprobs: [B, T] float32 log-probs the engine sampled with, when it reports them.
         responses: decoded responses (for sample tables), or empty.
-        ground_truths: reference answers, or empty.
+        ground_truths: reference answers (a tuple: accepted answers), or empty.
         stats: scalars about how the batch was made (seconds per phase, verifier counts), for logging.
     """
 
@@ -57,7 +58,7 @@ class RolloutBatch:
     old_logprobs: Tensor | None = None
     behaviour_logprobs: Tensor | None = None
     responses: list[str] = field(default_factory=list)
-    ground_truths: list[str] = field(default_factory=list)
+    ground_truths: list[GroundTruth] = field(default_factory=list)
     stats: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from real_lightning.verifiers import resolve_reward_fn, score_batch
+from real_lightning.verifiers.answers import GroundTruth
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Scorer:
         self.answer_after_think = answer_after_think
         self.truncated_is_wrong = truncated_is_wrong
 
-    def score(self, responses: list[str], ground_truths: list[str], truncated: Tensor) -> Scores:
+    def score(self, responses: list[str], ground_truths: list[GroundTruth], truncated: Tensor) -> Scores:
         result = score_batch(
             responses,
             ground_truths,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from real_lightning.verifiers import math as math_module
+from real_lightning.verifiers.answers import GroundTruth, accepted_answers
 from real_lightning.verifiers.math import (
     STATUSES,
     WORKER_PRELOAD,
@@ -98,7 +99,7 @@ def _user_result(outcome: Outcome) -> VerifyResult:
 
 def score_batch(
     responses: Sequence[str],
-    ground_truths: Sequence[str],
+    ground_truths: Sequence[GroundTruth],
     *,
     reward_fn: RewardFn | str = math_reward,
     num_workers: int | None = None,
@@ -113,9 +114,12 @@ def score_batch(
     serially, if it cannot be pickled by reference); its exceptions give reward 0 with status ``"error"`` and a
     positive reward counts as ``"correct"``. It may also return a :class:`VerifyResult`.
 
+    A ground truth that is a tuple of accepted answers is scored against each of them (each within its own
+    budget) and the response gets the best result: any accepted answer scores 1.
+
     Args:
         responses: model responses.
-        ground_truths: one ground truth per response.
+        ground_truths: one ground truth per response: a text, or a tuple of accepted answers.
         reward_fn: a callable, a registered name, or a ``"module:function"`` path.
         num_workers: worker processes (default ``os.cpu_count()``); ≤ 1 scores inline.
         timeout_s: wall-clock budget per response, in seconds; overrunning gives reward 0, status ``"timeout"``.
@@ -129,6 +133,40 @@ def score_batch(
     """
     if len(responses) != len(ground_truths):
         raise ValueError(f"{len(responses)} responses but {len(ground_truths)} ground truths")
+    owners = [i for i, truth in enumerate(ground_truths) for _ in accepted_answers(truth)]
+    pairs = _score_pairs(
+        [responses[i] for i in owners],
+        [answer for truth in ground_truths for answer in accepted_answers(truth)],
+        reward_fn=reward_fn,
+        num_workers=num_workers,
+        timeout_s=timeout_s,
+        answer_after_think=answer_after_think,
+    )
+    best: list[VerifyResult | None] = [None] * len(responses)
+    for i, reward, status in zip(owners, pairs.rewards, pairs.statuses, strict=True):
+        if best[i] is None or reward > best[i].reward:
+            best[i] = VerifyResult(reward, status)
+    final = [r if r is not None else VerifyResult(0.0, "error") for r in best]
+    return _batch_scores(final)
+
+
+def _batch_scores(results: list[VerifyResult]) -> BatchScores:
+    counts = dict.fromkeys(STATUSES, 0)
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return BatchScores(rewards=[r.reward for r in results], statuses=[r.status for r in results], counts=counts)
+
+
+def _score_pairs(
+    responses: Sequence[str],
+    ground_truths: Sequence[str],
+    *,
+    reward_fn: RewardFn | str = math_reward,
+    num_workers: int | None = None,
+    timeout_s: float = 5.0,
+    answer_after_think: bool = False,
+) -> BatchScores:
+    """:func:`score_batch` with exactly one answer per response."""
     check_timeout(timeout_s)
     fn = resolve_reward_fn(reward_fn)
     workers = num_workers if num_workers is not None else os.cpu_count() or 1
@@ -167,8 +205,4 @@ def score_batch(
             )
         for i, outcome in zip(pending, outcomes, strict=True):
             results[i] = _user_result(outcome)
-    final = [r if r is not None else VerifyResult(0.0, "error") for r in results]
-    counts = dict.fromkeys(STATUSES, 0)
-    for r in final:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    return BatchScores(rewards=[r.reward for r in final], statuses=[r.status for r in final], counts=counts)
+    return _batch_scores([r if r is not None else VerifyResult(0.0, "error") for r in results])

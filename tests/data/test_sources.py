@@ -10,18 +10,70 @@ import pytest
 from real_lightning.data.arithmetic import ArithmeticTask
 from real_lightning.data.prompts import prompt_text, tokenize_prompts
 from real_lightning.data.sources import DatasetSpec, load_dataset_spec
+from real_lightning.verifiers.answers import accepted_answers
+from real_lightning.verifiers.batch import score_batch
 from tests.conftest import shared_file
 
+BENCHMARKS = {
+    "math500.parquet": 500,
+    "aime24.parquet": 30,
+    "aime25.parquet": 30,
+    "amc23.parquet": 83,
+    "minerva.parquet": 272,
+    "olympiad_bench.parquet": 675,
+}
 
-@pytest.mark.parametrize(
-    ("name", "rows"), [("math500.parquet", 500), ("aime24.parquet", 30), ("aime25.parquet", 30), ("amc23.parquet", 83)]
-)
+
+@pytest.mark.parametrize(("name", "rows"), BENCHMARKS.items())
 def test_verl_schema_benchmark_files_load(name: str, rows: int) -> None:
     loaded = load_dataset_spec(DatasetSpec(source=str(shared_file(name))))
     assert len(loaded.records) == rows and loaded.skipped == 0
     first = loaded.records[0]
     assert isinstance(first.prompt, tuple) and first.prompt[0]["role"] == "user"
     assert "\\boxed{}" in first.prompt[-1]["content"] and first.ground_truth
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_every_ground_truth_verifies_in_boxed_form(name: str) -> None:
+    """Each accepted answer of every row, written as the official prompt asks (``\\boxed{answer}``), scores 1
+    under the math reward against the row's ground truth."""
+    records = load_dataset_spec(DatasetSpec(source=str(shared_file(name)))).records
+    rows = [(r, answer) for r in records for answer in accepted_answers(r.ground_truth)]
+    responses = [f"The final answer is $\\boxed{{{answer}}}$." for _, answer in rows]
+    scores = score_batch(responses, [r.ground_truth for r, _ in rows], num_workers=2, timeout_s=20.0)
+    failed = [
+        (r.index, answer, status)
+        for (r, answer), status in zip(rows, scores.statuses, strict=True)
+        if status != "correct"
+    ]
+    assert not failed, f"{name}: {len(failed)} of {len(rows)} answers do not verify, e.g. {failed[:5]}"
+    if name in ("minerva.parquet", "olympiad_bench.parquet"):
+        assert any(isinstance(r.ground_truth, str) for r in records)  # one-answer lists are plain answers
+
+
+def test_list_ground_truths_load_from_every_format(tmp_path) -> None:
+    """Lists of accepted answers in jsonl, json, parquet and a hub-style dataset folder, verl and plain schemas:
+    a tuple of the usable answers (stripped, deduplicated; one left: that answer)."""
+    verl = [
+        {"prompt": [{"role": "user", "content": "q1"}], "reward_model": {"ground_truth": ["9.6\n", "48/5"]}},
+        {"prompt": [{"role": "user", "content": "q2"}], "reward_model": {"ground_truth": ["2", " 2 "]}},
+        {"prompt": [{"role": "user", "content": "q3"}], "reward_model": {"ground_truth": [None, 3]}},
+    ]
+    plain = [{"problem": r["prompt"][0]["content"], "answer": r["reward_model"]["ground_truth"]} for r in verl]
+    expected = [("9.6", "48/5"), "2", "3"]
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    pd.DataFrame({"problem": ["q1", "q2"], "answer": [["9.6", "48/5"], ["2"]]}).to_parquet(folder / "train.parquet")
+    for schema, rows in (("verl", verl), ("plain", plain)):
+        (tmp_path / f"{schema}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        (tmp_path / f"{schema}.json").write_text(json.dumps(rows))
+        for suffix in ("jsonl", "json"):
+            loaded = load_dataset_spec(DatasetSpec(source=str(tmp_path / f"{schema}.{suffix}")))
+            assert [r.ground_truth for r in loaded.records] == expected, (schema, suffix)
+    pd.DataFrame(plain[:2]).to_parquet(tmp_path / "plain.parquet")
+    loaded = load_dataset_spec(DatasetSpec(source=str(tmp_path / "plain.parquet")))
+    assert [r.ground_truth for r in loaded.records] == expected[:2]
+    assert [r.ground_truth for r in load_dataset_spec(DatasetSpec(source=str(folder))).records] == expected[:2]
 
 
 def test_amc_float_ground_truths_stay_exact_text() -> None:
@@ -55,14 +107,15 @@ def test_bad_rows_are_skipped_and_counted_or_raise(tmp_path) -> None:
         {"problem": "b", "answer": ""},
         {"problem": "c", "answer": None},
         {"problem": "", "answer": "3"},
-        {"problem": "d", "answer": [1, 2]},
+        {"problem": "d", "answer": []},
         {"problem": "e", "answer": 7},
+        {"problem": "f", "answer": [None, " ", {"x": 1}]},
     ]
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     loaded = load_dataset_spec(DatasetSpec(source=str(path)))
     assert [r.ground_truth for r in loaded.records] == ["1", "7"]
-    assert loaded.skipped == 4 and loaded.skipped_rows == [1, 2, 3, 4]
+    assert loaded.skipped == 5 and loaded.skipped_rows == [1, 2, 3, 4, 6]
     with pytest.raises(ValueError, match=r"rows\.jsonl: row 1 has an empty or unusable 'answer'"):
         load_dataset_spec(DatasetSpec(source=str(path), on_bad_row="error"))
 

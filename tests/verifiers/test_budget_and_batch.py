@@ -163,6 +163,19 @@ def test_score_batch_with_an_unpicklable_user_function() -> None:
     assert scores.counts["correct"] == 2
 
 
+def test_score_batch_with_lists_of_accepted_answers() -> None:
+    """A tuple ground truth: any accepted answer scores 1 (math reward and user functions alike); counts and
+    statuses stay one per response, in input order."""
+    responses = [r"\boxed{48/5}", r"\boxed{9.6}", r"\boxed{7}", "no answer here", r"\boxed{x+1}"]
+    truths = [("9.6", "10"), ("10", "9.6"), ("9.6", "10"), ("1", "2"), ("1+x", "2")]
+    scores = score_batch(responses, truths, num_workers=1)
+    assert scores.rewards == [1.0, 1.0, 0.0, 0.0, 1.0]
+    assert scores.statuses == ["correct", "correct", "incorrect", "no_answer", "correct"]
+    assert sum(scores.counts.values()) == len(responses)
+    user = score_batch(["b", "c", "a"], [("a", "b"), "c", ("x",)], reward_fn=helpers.exact_reward, num_workers=1)
+    assert user.rewards == [1.0, 1.0, 0.0]
+
+
 def test_score_batch_rejects_mismatched_lengths() -> None:
     with pytest.raises(ValueError, match="2 responses but 1 ground truths"):
         score_batch(["a", "b"], ["a"])
