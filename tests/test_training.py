@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
+import yaml
 
 from real_lightning.data.config import ValidationConfig, VerifierConfig
 from real_lightning.data.datamodule import RolloutDataModule
@@ -229,6 +230,9 @@ def test_csv_logger_records_the_same_metrics(policy_dir, tmp_path) -> None:
     columns = set(rows[0])
     assert {"train/loss", "rollout/reward_mean", "val/held_out/pass@1", "time/update_s"} <= columns
     assert any(row["val/held_out/pass@1"] for row in rows)
+    hparams = yaml.load(next(tmp_path.rglob("hparams.yaml")).read_text(), Loader=yaml.FullLoader)  # module + data
+    assert hparams["loss"] == "real" and hparams["data"]["verifier"]["grader"] == "lenient"
+    assert hparams["data"]["schedule"]["prompts_per_rollout"] == 4
 
 
 def test_collector_state_restores_the_rollout_batch_in_flight(policy_dir) -> None:

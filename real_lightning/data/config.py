@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass
@@ -30,6 +31,9 @@ class VerifierConfig:
         reward: a registered reward name (``math``) or ``package.module:function`` with
             ``(response, ground_truth) -> float``.
         answer_after_think: grade only the text after ``</think>`` (reasoning models).
+        grader: how the math reward finds the final answer. ``lenient``: the last ``\\boxed{}``, else "the
+            answer is …", else the last number of the last line. ``strict_boxed``: the official REAL grader,
+            a ``\\boxed{}`` answer is required (none scores 0, counted as ``no_answer``).
         timeout_s: per-sample time budget; a timeout scores 0 and is counted.
         workers: verifier processes (None: all cores).
         truncated_is_wrong: a response cut at the length limit without EOS scores 0. None: on for
@@ -38,6 +42,7 @@ class VerifierConfig:
 
     reward: str = "math"
     answer_after_think: bool = False
+    grader: Literal["lenient", "strict_boxed"] = "lenient"
     timeout_s: float = 5.0
     workers: int | None = None
     truncated_is_wrong: bool | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
@@ -67,9 +68,25 @@ class RolloutDataModule(LightningDataModule):
         if truncated_is_wrong is None:
             truncated_is_wrong = train.source.startswith("builtin:")
         self.scorer = Scorer(
-            verifier.reward, verifier.timeout_s, verifier.workers, verifier.answer_after_think, truncated_is_wrong
+            verifier.reward,
+            verifier.timeout_s,
+            verifier.workers,
+            verifier.answer_after_think,
+            truncated_is_wrong,
+            grader=verifier.grader,
         )
         self.seed = seed
+        # logged next to the module's hyper-parameters (and saved in checkpoints): how rollouts are scored,
+        # sampled and batched, e.g. which grader a run used
+        verifier_hparams = {**asdict(verifier), "truncated_is_wrong": truncated_is_wrong}
+        data_hparams = {
+            "verifier": verifier_hparams,
+            "schedule": asdict(schedule),
+            "validation": asdict(validation),
+            "prompts": asdict(prompts),
+            "seed": seed,
+        }
+        self.save_hyperparameters({"data": data_hparams})  # one key: no clash with the module's names
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.collector: RolloutCollector | None = None
         self._pending_state: dict[str, Any] | None = None

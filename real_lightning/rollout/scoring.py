@@ -10,6 +10,7 @@ from torch import Tensor
 
 from real_lightning.verifiers import resolve_reward_fn, score_batch
 from real_lightning.verifiers.answers import GroundTruth
+from real_lightning.verifiers.batch import Grader, check_grader
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Scorer:
         timeout_s: per-sample time budget; a timeout scores 0 and is counted.
         num_workers: processes for the verifier (default: all cores).
         answer_after_think: grade only the text after ``</think>``.
+        grader: ``lenient`` or ``strict_boxed`` (a ``\\boxed{}`` answer required; math reward only).
         truncated_is_wrong: a response cut at the length limit without EOS scores 0 (otherwise a
             policy learns to stop emitting EOS when the reward ignores what follows the answer).
     """
@@ -39,8 +41,11 @@ class Scorer:
         num_workers: int | None = None,
         answer_after_think: bool = False,
         truncated_is_wrong: bool = False,
+        grader: Grader = "lenient",
     ) -> None:
         self.reward_fn = resolve_reward_fn(reward)
+        check_grader(grader, self.reward_fn)
+        self.grader = grader
         self.timeout_s = timeout_s
         self.num_workers = num_workers
         self.answer_after_think = answer_after_think
@@ -54,6 +59,7 @@ class Scorer:
             num_workers=self.num_workers,
             timeout_s=self.timeout_s,
             answer_after_think=self.answer_after_think,
+            grader=self.grader,
         )
         rewards = torch.tensor(result.rewards, dtype=torch.float32)
         counts = dict(result.counts)

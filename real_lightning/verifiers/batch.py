@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from real_lightning.verifiers import math as math_module
 from real_lightning.verifiers.answers import GroundTruth, accepted_answers
@@ -34,6 +34,10 @@ from real_lightning.verifiers.sandbox import (
 )
 
 log = logging.getLogger(__name__)
+
+#: How the math reward finds the final answer (see :func:`score_batch`).
+Grader = Literal["lenient", "strict_boxed"]
+GRADERS: tuple[str, ...] = get_args(Grader)
 
 _pools_lock = threading.Lock()
 _idle_pools: dict[tuple[int, tuple[str, ...]], list[WorkerPool]] = {}
@@ -105,6 +109,7 @@ def score_batch(
     num_workers: int | None = None,
     timeout_s: float = 5.0,
     answer_after_think: bool = False,
+    grader: Grader = "lenient",
 ) -> BatchScores:
     """Score responses against ground truths in parallel, each within its own time budget.
 
@@ -124,15 +129,20 @@ def score_batch(
         num_workers: worker processes (default ``os.cpu_count()``); ≤ 1 scores inline.
         timeout_s: wall-clock budget per response, in seconds; overrunning gives reward 0, status ``"timeout"``.
         answer_after_think: grade only the text after the last ``</think>`` (none: ``"no_answer"``).
+        grader: how the math reward finds the final answer: ``lenient`` (the last ``\\boxed{}``, else "the
+            answer is …", else the last number of the last line) or ``strict_boxed`` (the official REAL rule: a
+            ``\\boxed{}`` is required, none scores 0 as ``no_answer``). Other reward functions grade themselves.
 
     Returns:
         The :class:`BatchScores`, in input order.
 
     Raises:
-        ValueError: if the two lists differ in length or ``timeout_s`` is not positive.
+        ValueError: if the two lists differ in length, ``timeout_s`` is not positive, or ``grader`` is unknown
+            or not ``lenient`` with another reward than the math reward.
     """
     if len(responses) != len(ground_truths):
         raise ValueError(f"{len(responses)} responses but {len(ground_truths)} ground truths")
+    check_grader(grader, reward_fn)
     owners = [i for i, truth in enumerate(ground_truths) for _ in accepted_answers(truth)]
     pairs = _score_pairs(
         [responses[i] for i in owners],
@@ -141,6 +151,7 @@ def score_batch(
         num_workers=num_workers,
         timeout_s=timeout_s,
         answer_after_think=answer_after_think,
+        require_boxed=grader == "strict_boxed",
     )
     best: list[VerifyResult | None] = [None] * len(responses)
     for i, reward, status in zip(owners, pairs.rewards, pairs.statuses, strict=True):
@@ -148,6 +159,15 @@ def score_batch(
             best[i] = VerifyResult(reward, status)
     final = [r if r is not None else VerifyResult(0.0, "error") for r in best]
     return _batch_scores(final)
+
+
+def check_grader(grader: str, reward_fn: RewardFn | str) -> None:
+    """Raise ``ValueError`` unless ``grader`` is a known mode that applies to ``reward_fn``."""
+    if grader not in GRADERS:
+        raise ValueError(f"grader must be one of {', '.join(GRADERS)}, got {grader!r}")
+    fn = resolve_reward_fn(reward_fn)
+    if grader != "lenient" and fn is not math_reward and fn is not verify:
+        raise ValueError(f"grader {grader!r} applies to the math reward only; {reward_fn!r} grades by itself")
 
 
 def _batch_scores(results: list[VerifyResult]) -> BatchScores:
@@ -165,6 +185,7 @@ def _score_pairs(
     num_workers: int | None = None,
     timeout_s: float = 5.0,
     answer_after_think: bool = False,
+    require_boxed: bool = False,
 ) -> BatchScores:
     """:func:`score_batch` with exactly one answer per response."""
     check_timeout(timeout_s)
@@ -175,7 +196,7 @@ def _score_pairs(
         pending: list[int] = []
         symbolic: list[tuple[str, str]] = []
         for i, (response, truth) in enumerate(zip(responses, ground_truths, strict=True)):
-            prepared = prepare(response, truth, answer_after_think=answer_after_think)
+            prepared = prepare(response, truth, answer_after_think=answer_after_think, require_boxed=require_boxed)
             if isinstance(prepared, VerifyResult):
                 results[i] = prepared
             else:

@@ -135,14 +135,16 @@ def _clean_plain(candidate: str) -> str:
     return candidate.strip().rstrip(".,;:!").strip().strip("*").strip()
 
 
-def extract_answer(text: str) -> str | None:
+def extract_answer(text: str, *, require_boxed: bool = False) -> str | None:
     r"""The final answer of a response.
 
     In order: the content of the last ``\boxed{…}``; the rest of the line after the last "answer is" / "answer:";
-    the last number (or ``a/b``) on the last non-empty line.
+    the last number (or ``a/b``) on the last non-empty line. With ``require_boxed`` only the first: no box, no
+    answer (the official REAL grader, ``grader: strict_boxed``).
 
     Args:
         text: the response (or the part of it to grade).
+        require_boxed: only a ``\boxed{…}`` answer counts.
 
     Returns:
         The answer as a string, or ``None`` if nothing is extractable.
@@ -157,6 +159,8 @@ def extract_answer(text: str) -> str | None:
     """
     if _BOX_RE.search(text):
         return last_boxed(text)
+    if require_boxed:
+        return None
     match = _last_match(_ANSWER_RE, text)
     if match is not None:
         answer = _clean_plain(text[match.end() :].split("\n", 1)[0])
@@ -269,7 +273,9 @@ def answer_after_think_text(text: str) -> str | None:
     return None if cut < 0 else text[cut + len(_THINK_END) :]
 
 
-def prepare(response: str, ground_truth: object, *, answer_after_think: bool = False) -> VerifyResult | tuple[str, str]:
+def prepare(
+    response: str, ground_truth: object, *, answer_after_think: bool = False, require_boxed: bool = False
+) -> VerifyResult | tuple[str, str]:
     """Everything of :func:`verify` that needs no budget: extraction and the exact fast path.
 
     Returns:
@@ -285,7 +291,7 @@ def prepare(response: str, ground_truth: object, *, answer_after_think: bool = F
     truth = _clean_ground_truth(ground_truth) if ground_truth is not None else ""
     if not truth:
         return VerifyResult(0.0, "error")
-    answer = extract_answer(text) if text.strip() else None
+    answer = extract_answer(text, require_boxed=require_boxed) if text.strip() else None
     if answer is None:
         return VerifyResult(0.0, "no_answer")
     equal = fast_equal(answer, truth)
@@ -308,7 +314,12 @@ def check_timeout(timeout_s: float) -> None:
 
 
 def verify(
-    response: str, ground_truth: str, *, answer_after_think: bool = False, timeout_s: float = 5.0
+    response: str,
+    ground_truth: str,
+    *,
+    answer_after_think: bool = False,
+    timeout_s: float = 5.0,
+    require_boxed: bool = False,
 ) -> VerifyResult:
     r"""Grade a response's final answer against the ground truth, with the reason.
 
@@ -317,17 +328,26 @@ def verify(
         ground_truth: the reference answer (LaTeX or a number, e.g. ``\frac{1}{2}``, ``142.0``).
         answer_after_think: grade only the text after the last ``</think>`` (none: ``no_answer``), as the REAL grader.
         timeout_s: wall-clock budget of the symbolic comparison, in seconds; overrunning gives ``"timeout"``.
+        require_boxed: only a ``\boxed{…}`` answer counts (none: ``no_answer``), as the REAL grader.
 
     Returns:
         The :class:`VerifyResult`.
     """
     check_timeout(timeout_s)
-    prepared = prepare(response, ground_truth, answer_after_think=answer_after_think)
+    prepared = prepare(response, ground_truth, answer_after_think=answer_after_think, require_boxed=require_boxed)
     if isinstance(prepared, VerifyResult):
         return prepared
     return result_from_outcome(run_bounded(_symbolic_status, prepared, timeout_s=timeout_s, preload=WORKER_PRELOAD))
 
 
-def math_reward(response: str, ground_truth: str, *, answer_after_think: bool = False, timeout_s: float = 5.0) -> float:
+def math_reward(
+    response: str,
+    ground_truth: str,
+    *,
+    answer_after_think: bool = False,
+    timeout_s: float = 5.0,
+    require_boxed: bool = False,
+) -> float:
     """1.0 if the response's final answer equals the ground truth, else 0.0 (see :func:`verify`)."""
-    return verify(response, ground_truth, answer_after_think=answer_after_think, timeout_s=timeout_s).reward
+    kwargs = {"answer_after_think": answer_after_think, "timeout_s": timeout_s, "require_boxed": require_boxed}
+    return verify(response, ground_truth, **kwargs).reward

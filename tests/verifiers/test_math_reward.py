@@ -85,6 +85,41 @@ def test_answer_after_think() -> None:
     assert math_reward(last_think, "2", answer_after_think=True) == 1.0
 
 
+@pytest.mark.parametrize(
+    ("response", "lenient", "strict"),
+    [
+        (r"so \boxed{42}", "correct", "correct"),
+        ("The answer is 42.", "correct", "no_answer"),
+        ("We get 40 + 2 = 42", "correct", "no_answer"),
+        (r"first \boxed{42}, finally The answer is 41", "correct", "correct"),  # a box wins in both modes
+        (r"\boxed{41}", "incorrect", "incorrect"),
+        (r"\boxed{}", "no_answer", "no_answer"),
+        (r"$\fbox{42}$", "correct", "correct"),
+    ],
+)
+def test_strict_boxed_grader_requires_a_box(response: str, lenient: str, strict: str) -> None:
+    assert verify(response, "42").status == lenient
+    assert verify(response, "42", require_boxed=True).status == strict
+    scores = score_batch([response], ["42"], grader="strict_boxed", num_workers=1)
+    assert scores.statuses == [strict]
+
+
+def test_strict_boxed_after_think_is_the_official_rule() -> None:
+    """A box inside the reasoning does not count; one after ``</think>`` does; no ``</think>``: no answer."""
+    cases = [r"<think>\boxed{42}</think> it is 42", r"<think>so 41</think> \boxed{42}", r"<think>\boxed{42}"]
+    scores = score_batch(cases, ["42"] * 3, grader="strict_boxed", answer_after_think=True, num_workers=1)
+    assert scores.statuses == ["no_answer", "correct", "no_answer"]
+    lenient = score_batch(cases, ["42"] * 3, answer_after_think=True, num_workers=1)
+    assert lenient.statuses == ["correct", "correct", "no_answer"]
+
+
+def test_grader_is_checked() -> None:
+    with pytest.raises(ValueError, match="grader must be one of lenient, strict_boxed, got 'boxed'"):
+        score_batch(["x"], ["1"], grader="boxed")
+    with pytest.raises(ValueError, match="applies to the math reward only"):
+        score_batch(["x"], ["1"], grader="strict_boxed", reward_fn="tests.verifiers.helpers:exact_reward")
+
+
 def test_extraction() -> None:
     assert last_boxed(r"\boxed{\frac{a}{b}} and \boxed{\left\{1, 2\right\}}") == r"\left\{1, 2\right\}"
     assert last_boxed(r"\boxed{a} \boxed{b") is None
