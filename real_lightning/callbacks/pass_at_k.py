@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 from typing_extensions import override
 
+from real_lightning.evaluation import BenchmarkResult, average, write_tables
 from real_lightning.metrics import PassAtK
 from real_lightning.rollout.batch import ValidationRollouts
 
@@ -18,22 +20,33 @@ class PassAtKLogger(Callback):
     Keeps the history of every validation (``history[dataset] = [(step, pass@1), ...]``) in its
     state, so that a resumed run still knows the Pass@1 it started from.
 
+    With several validation sets it also logs ``{stage}/average/...``, their unweighted mean (the paper's
+    "Avg."), and with ``tables`` global rank 0 writes the results as Markdown and CSV tables laid out like the
+    paper's Table 1 (:mod:`real_lightning.evaluation`) to ``<log dir>/evaluation/step_<step>.md|.csv`` and
+    ``latest.md|.csv`` (log dir: the logger's run folder, else ``trainer.default_root_dir``).
+
     Args:
         ks: the k values; each must be ≤ the number of samples per prompt.
+        tables: write the evaluation tables after every validation (and test).
 
     Example:
         >>> PassAtKLogger(ks=(1, 8))
         PassAtKLogger(ks=(1, 8))
     """
 
-    def __init__(self, ks: tuple[int, ...] | list[int] = (1,)) -> None:
+    def __init__(self, ks: tuple[int, ...] | list[int] = (1,), tables: bool = True) -> None:
         if not ks or any(k < 1 for k in ks):
             raise ValueError(f"ks must be positive integers, got {ks}")
         self.ks = tuple(ks)
+        self.tables = tables
         self.history: dict[str, list[tuple[int, float]]] = {}
+        self.last_results: list[BenchmarkResult] = []
+        self.last_table: Path | None = None
         self._metrics: dict[str, dict[int, PassAtK]] = {}
         self._lengths: dict[str, MeanMetric] = {}
         self._truncated: dict[str, MeanMetric] = {}
+        self._prompts: dict[str, SumMetric] = {}
+        self._samples: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"PassAtKLogger(ks={self.ks})"
@@ -48,7 +61,7 @@ class PassAtKLogger(Callback):
         return (runs[0][1], runs[-1][1]) if runs else None
 
     def _reset(self) -> None:
-        self._metrics, self._lengths, self._truncated = {}, {}, {}
+        self._metrics, self._lengths, self._truncated, self._prompts, self._samples = {}, {}, {}, {}, {}
 
     def _update(self, outputs: Any) -> None:
         if not isinstance(outputs, ValidationRollouts):
@@ -56,26 +69,44 @@ class PassAtKLogger(Callback):
         name = outputs.dataset
         if name not in self._metrics:
             self._metrics[name] = {k: PassAtK(k) for k in self.ks}
-            self._lengths[name], self._truncated[name] = MeanMetric(), MeanMetric()
+            self._lengths[name], self._truncated[name], self._prompts[name] = MeanMetric(), MeanMetric(), SumMetric()
         for metric in self._metrics[name].values():
             metric.update(outputs.correct.cpu())
+        self._prompts[name].update(float(outputs.correct.shape[0]))
         if outputs.correct.numel():  # a rank's padding request has no rows
+            self._samples[name] = int(outputs.correct.shape[-1])
             self._lengths[name].update(outputs.response_lengths.float().flatten())
             self._truncated[name].update(outputs.truncated.float().flatten())
 
     def _log(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # every metric here reduces its sums over all ranks in compute(): the logged values are global
+        results = []
         for name, metrics in self._metrics.items():
-            for k, metric in metrics.items():
-                value = metric.compute()
-                pl_module.log(f"{stage}/{name}/pass@{k}", value.float(), prog_bar=k == 1, add_dataloader_idx=False)
-                if k == 1 and not trainer.sanity_checking:
-                    self.history.setdefault(name, []).append((trainer.global_step, float(value)))
-            # every metric here reduces its sums over all ranks in compute(): the logged values are global
-            for key, metric in (
-                ("response_length_mean", self._lengths[name]),
-                ("truncation_rate", self._truncated[name]),
-            ):
-                pl_module.log(f"{stage}/{name}/{key}", metric.compute().float(), add_dataloader_idx=False)
+            pass_at = {k: float(metric.compute()) for k, metric in metrics.items()}
+            results.append(
+                BenchmarkResult(
+                    name=name,
+                    prompts=int(self._prompts[name].compute()),
+                    samples=self._samples.get(name, 0),
+                    pass_at=pass_at,
+                    length=float(self._lengths[name].compute()),
+                    truncated=float(self._truncated[name].compute()),
+                )
+            )
+            if 1 in pass_at and not trainer.sanity_checking:
+                self.history.setdefault(name, []).append((trainer.global_step, pass_at[1]))
+        rows = [*results, average(results)] if len(results) > 1 else results
+        for r in rows:
+            for k, value in r.pass_at.items():
+                pl_module.log(f"{stage}/{r.name}/pass@{k}", float(value), prog_bar=k == 1, add_dataloader_idx=False)
+            pl_module.log(f"{stage}/{r.name}/response_length_mean", r.length, add_dataloader_idx=False)
+            pl_module.log(f"{stage}/{r.name}/truncation_rate", r.truncated, add_dataloader_idx=False)
+        self.last_results = results
+        if self.tables and results and not trainer.sanity_checking and trainer.is_global_zero:
+            folder = Path(trainer.log_dir or trainer.default_root_dir) / "evaluation"
+            model = getattr(pl_module, "hparams", {}).get("pretrained", type(pl_module).__name__)
+            label = f"{model} (step {trainer.global_step})"
+            self.last_table = write_tables(results, folder, trainer.global_step, label=label)
         self._reset()
 
     @override
