@@ -103,7 +103,8 @@ class PassAtKLogger(Callback):
             pl_module.log(f"{stage}/{r.name}/truncation_rate", r.truncated, add_dataloader_idx=False)
         self.last_results = results
         if self.tables and results and not trainer.sanity_checking and trainer.is_global_zero:
-            folder = Path(trainer.log_dir or trainer.default_root_dir) / "evaluation"
+            # the logger's folder: trainer.log_dir would be a collective (a broadcast), and only rank 0 is here
+            folder = Path(getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir) / "evaluation"
             model = getattr(pl_module, "hparams", {}).get("pretrained", type(pl_module).__name__)
             label = f"{model} (step {trainer.global_step})"
             self.last_table = write_tables(results, folder, trainer.global_step, label=label)
