@@ -36,7 +36,9 @@ from real_lightning.fsdp import (
 )
 from real_lightning.logprobs import sequence_logprobs
 from real_lightning.losses import LOSSES
+from real_lightning.losses.kl import KLPenalty
 from real_lightning.policy.loading import BUILTIN, load_policy, load_tokenizer
+from real_lightning.reference import ReferencePolicy
 from real_lightning.rollout.batch import RolloutBatch, ValidationRollouts
 from real_lightning.rollout.collector import RolloutCollector
 from real_lightning.rollout.engine import RolloutEngine
@@ -73,6 +75,11 @@ class RealPolicyModule(LightningModule):
             by min(Π_t π_old/π_behaviour, cap); ``off``. Engines that sample with the training weights
             (HFEngine) report no behaviour log-probs: no correction applies (the ratio is 1).
         importance_cap: C, the truncation of the importance weights.
+        kl_coef: β of a KL(π_θ ‖ π_ref) penalty added to the loss (token mean over the step; 0: off), π_ref the
+            frozen starting policy (a second copy of the weights: sharded under FSDP2), its log-probs computed
+            once per rollout batch; ``train/kl_ref`` is logged. The official GRPO baseline uses 0.001 with k3.
+        kl_estimator: ``k1`` (x), ``k2`` (x²/2) or ``k3`` (e^{−x} − 1 + x), x = log π_θ − log π_ref.
+        kl_clamp: k3's per-token bound (verl: 10).
         fsdp: shard the policy with FSDP2 (needs ``trainer.strategy`` :class:`~real_lightning.fsdp.FSDP2Strategy`,
             see ``configs/fsdp.yaml``): its parameters are created on the meta device and loaded once,
             sharded, when the trainer configures the model. None: a full copy per process (DDP, one device).
@@ -96,6 +103,9 @@ class RealPolicyModule(LightningModule):
         importance_sampling: Literal["off", "token", "sequence"] = "off",
         importance_cap: float = 2.0,
         fsdp: FSDPConfig | None = None,
+        kl_coef: float = 0.0,
+        kl_estimator: Literal["k1", "k2", "k3"] = "k3",
+        kl_clamp: float = 10.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -112,6 +122,8 @@ class RealPolicyModule(LightningModule):
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.importance_sampling = ImportanceSampling(importance_sampling, importance_cap)
+        self.kl = KLPenalty(kl_coef, kl_estimator, kl_clamp)
+        self.reference = ReferencePolicy(pretrained, torch_dtype, sharded=bool(fsdp)) if self.kl.active else None
         self.skipped_steps = 0
         self._skip_update = False
         self._engines_set_up: dict[int, RolloutEngine] = {}  # by id: engines need not be hashable
@@ -135,6 +147,9 @@ class RealPolicyModule(LightningModule):
         if has_meta_parameters(self.policy):
             dtype = _DTYPES[self.hparams.dtype] if self.hparams.dtype else None
             load_weights(self.policy, self.hparams.pretrained, dtype, self.trainer.strategy.root_device)
+        if self.reference is not None:
+            data_parallel = mesh["data_parallel"] if mesh is not None else None
+            self.reference.configure(data_parallel, self.fsdp, self.trainer.strategy.root_device)
 
     # --- the data side -----------------------------------------------------------------------------
 
@@ -179,6 +194,10 @@ class RealPolicyModule(LightningModule):
             with_entropy=with_entropy,
         )
 
+    def _reference_logprobs(self, batch: RolloutBatch, with_entropy: bool = False) -> tuple[Tensor, None]:
+        assert self.reference is not None
+        return self.reference.logprobs(batch, self.hparams.logprob_chunk_size), None
+
     def needs_old_logprobs(self, rollouts: RolloutBatch, collector: RolloutCollector) -> bool:
         """π_old needs its own pass unless this one update samples and trains on the same weights."""
         schedule = collector.schedule
@@ -221,6 +240,10 @@ class RealPolicyModule(LightningModule):
             start = time.perf_counter()
             rollouts.old_logprobs = old_logprobs_pass(self.response_logprobs, rollouts, budget, self.device)
             old_seconds = time.perf_counter() - start
+        if self.reference is not None and rollouts.ref_logprobs is None:  # once per rollout batch
+            start = time.perf_counter()
+            rollouts.ref_logprobs = old_logprobs_pass(self._reference_logprobs, rollouts, budget, self.device)
+            old_seconds += time.perf_counter() - start
         minibatch = collector.minibatch(request)
         self._update_start = time.perf_counter()
         self.policy.zero_grad(set_to_none=True)  # optimizer_zero_grad is a no-op: the step accumulates here
@@ -235,6 +258,7 @@ class RealPolicyModule(LightningModule):
             world_size=self.trainer.world_size,
             rollout_stats={**minibatch.stats, "time/old_logprobs_s": old_seconds} if minibatch.stats else {},
             importance_sampling=self.importance_sampling,
+            kl=self.kl,
         )
         self._skip_update = result.skipped
         self._log_step(result, len(minibatch))

@@ -19,6 +19,7 @@ from torch import Tensor
 from real_lightning.distributed import all_reduce, all_reduce_max
 from real_lightning.losses import LossOutput
 from real_lightning.losses.common import BatchCounts
+from real_lightning.losses.kl import KLPenalty, kl_penalty
 from real_lightning.rollout.batch import RolloutBatch, concat_batches
 
 LogprobsFn = Callable[..., tuple[Tensor, Tensor | None]]
@@ -124,6 +125,7 @@ def accumulate_step(
     world_size: int,
     rollout_stats: dict[str, float] | None = None,
     importance_sampling: ImportanceSampling | None = None,
+    kl: KLPenalty | None = None,
 ) -> StepResult:
     """Forward and backward every micro-batch of ``minibatch``; the gradients add up in ``.grad``.
 
@@ -139,6 +141,8 @@ def accumulate_step(
         rollout_stats: scalars of the rollout batch to average over ranks and log with this step.
         importance_sampling: truncated importance sampling of the rollouts against the engine's behaviour
             log-probs (applied when the rollouts carry them; None or mode ``off``: no correction).
+        kl: β·KL(π_θ ‖ π_ref) added to every micro-batch's loss (token mean over the step), from the rollouts'
+            ``ref_logprobs``; logged as ``train/kl_ref`` (``train/loss`` stays the policy loss). None or β = 0: off.
 
     A micro-batch with a non-finite loss back-propagates zero instead; the flag is summed over ranks
     and every rank then skips the update (``StepResult.skipped``). When the rollouts carry the engine's
@@ -186,8 +190,17 @@ def accumulate_step(
             **extra,
             **loss_kwargs,
         )
-        finite = bool(torch.isfinite(out.loss))
-        backward(out.loss * world_size if finite else logprobs.sum() * 0.0)
+        loss = out.loss
+        if kl is not None and kl.active:
+            if batch.ref_logprobs is None:
+                raise ValueError("kl_coef > 0 but the rollouts carry no reference log-probs (ref_logprobs)")
+            penalty = kl_penalty(
+                logprobs, batch.ref_logprobs, batch.response_mask, estimator=kl.estimator, clamp=kl.clamp, counts=counts
+            )
+            add("kl_ref", penalty.detach())
+            loss = loss + kl.coef * penalty
+        finite = bool(torch.isfinite(loss))
+        backward(loss * world_size if finite else logprobs.sum() * 0.0)
         mask = batch.response_mask
         tokens = mask.sum()
         if batch.behaviour_logprobs is not None:  # train/inference mismatch: π_old against the sampler's log-probs
@@ -215,7 +228,7 @@ def accumulate_step(
         del logprobs, entropy, out
     names = ["nonfinite", "loss", "tokens", "entropy", *_TOKEN_WEIGHTED, "groups", "contrast_groups"]
     names += ["weight_abs_pos", "count_pos", "weight_abs_neg", "count_neg", "mismatch_abs", "mismatch_k3"]
-    names += ["mismatch_tokens", "is_weight", "is_clipped", "is_units"]
+    names += ["mismatch_tokens", "is_weight", "is_clipped", "is_units", "kl_ref"]
     stats = dict(sorted((rollout_stats or {}).items()))
     packed = torch.stack(
         [sums.get(n, torch.zeros((), dtype=torch.float64)) for n in names]
@@ -231,6 +244,8 @@ def accumulate_step(
         "train/weight_abs_mean_neg": total["weight_abs_neg"] / total["count_neg"].clamp_min(1),
     }
     logged.update({f"train/{n}": total[n] / tokens for n in _TOKEN_WEIGHTED if n in logged_keys})
+    if kl is not None and kl.active:
+        logged["train/kl_ref"] = total["kl_ref"]  # each micro-batch's share is already over the step's tokens
     logged.update({k: total[k] / world_size for k in stats})
     if float(total["is_units"]) > 0:
         logged["rollout/is_weight_mean"] = total["is_weight"] / total["is_units"]

@@ -17,15 +17,46 @@ ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
 OVERLAYS = {"vllm.yaml", "fsdp.yaml"}  # another engine or strategy for any config: parsed on the quickstart
 
 
+PAPER = CONFIGS / "paper" / "real_r1_distill_qwen_1.5b.yaml"
+PAPER_OVERLAYS = {"grpo.yaml", "dapo.yaml", "gspo.yaml", "real_bce.yaml", "r1_distill_qwen_7b.yaml"}
+
+
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_config_parses(config: Path, capsys) -> None:
     overlay = "baselines" in config.parts or config.name in OVERLAYS
     stack = ["-c", str(CONFIGS / "quickstart.yaml")] if overlay else []
+    if "paper" in config.parts and config.name in PAPER_OVERLAYS:
+        stack = ["-c", str(PAPER)]
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *stack, "-c", str(config), "--print_config"])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert "model:" in printed and "data:" in printed
+
+
+@pytest.mark.parametrize(
+    ("overlay", "expected"),
+    [
+        ("grpo.yaml", {"loss": "grpo", "kl_coef": 0.001, "kl_estimator": "k3", "kl_clamp": 10.0}),
+        ("gspo.yaml", {"loss": "gspo", "loss_kwargs": {"clip_low": 3e-4, "clip_high": 4e-4, "log_ratio_clamp": 10.0}}),
+        ("dapo.yaml", {"loss": "dapo", "loss_kwargs": {"clip_low": 0.2, "clip_high": 0.28}}),
+        ("real_bce.yaml", {"loss": "real_bce", "loss_kwargs": {"tau": 0.5}}),
+        ("r1_distill_qwen_7b.yaml", {"loss": "real", "pretrained": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"}),
+    ],
+)
+def test_paper_recipes_change_only_what_they_state(overlay: str, expected: dict, capsys) -> None:
+    """Each paper overlay on the REAL recipe: its loss settings, the recipe's data and optimizer otherwise."""
+    import yaml
+
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", str(PAPER), "-c", str(CONFIGS / "paper" / overlay), "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert {k: config["model"][k] for k in expected} == expected
+    assert config["model"]["lr"] == 2e-6 and config["model"]["weight_decay"] == 0.01
+    assert config["data"]["verifier"]["grader"] == "strict_boxed"
+    assert config["data"]["schedule"]["prompts_per_rollout"] == 128
+    assert config["data"]["schedule"]["dynamic_sampling"] is False
+    assert config["trainer"]["strategy"]["class_path"] == "real_lightning.fsdp.FSDP2Strategy"
 
 
 def test_missing_required_value_is_named(capsys) -> None:

@@ -181,6 +181,26 @@ def test_gradient_checkpointing_gives_the_same_gradients(policy_dir) -> None:
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
 
 
+def test_kl_to_the_frozen_starting_policy(policy_dir, tmp_path) -> None:
+    """kl_coef > 0: π_ref is the starting policy, outside the checkpoint and the optimizer, unchanged by training;
+    train/kl_ref is 0 on the first step (π_θ = π_ref) and positive once the policy moved."""
+    module = RealPolicyModule(pretrained=policy_dir, lr=1e-2, kl_coef=0.1)
+    start = {k: v.clone() for k, v in module.reference.model.state_dict().items()}
+    assert not any(k.startswith("reference") for k in module.state_dict())
+    logged = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            logged.append(float(trainer.callback_metrics["train/kl_ref"]))
+
+    trainer = quiet_trainer(tmp_path, max_steps=3, callbacks=[Record()], log_every_n_steps=1)
+    trainer.fit(module, make_datamodule(ppo_epochs=3))
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not any(id(p) in optimized for p in module.reference.model.parameters())
+    assert all(torch.equal(v, start[k]) for k, v in module.reference.model.state_dict().items())
+    assert logged[0] == pytest.approx(0.0, abs=1e-7) and logged[2] > 1e-6, logged
+
+
 @pytest.mark.parametrize("clip", [1e-3, 1e6])
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_gradient_clipping_by_norm_reuses_the_logged_norm(policy_dir, clip) -> None:

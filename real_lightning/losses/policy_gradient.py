@@ -88,14 +88,26 @@ def clip_masks(ratio: Tensor, advantages: Tensor, clip_low: float, clip_high: fl
     return high, low
 
 
-def _terms(batch: PreparedBatch, variant: Variant, clip_low: float, clip_high: float, adv: Tensor) -> _PGTerms:
+def _terms(
+    batch: PreparedBatch,
+    variant: Variant,
+    clip_low: float,
+    clip_high: float,
+    adv: Tensor,
+    log_ratio_clamp: float | None = None,
+) -> _PGTerms:
     if variant == "gspo":
-        ratio = torch.exp(batch.scores)  # [B] sequence-level ratio exp(mean_t log-ratio)
+        scores = batch.scores if log_ratio_clamp is None else batch.scores.clamp(max=log_ratio_clamp)
+        ratio = torch.exp(scores)  # [B] sequence-level ratio exp(mean_t log-ratio), the log-ratio ≤ the clamp
         high, low = clip_masks(ratio.detach(), adv, clip_low, clip_high)
         active = ~(high | low)
+        if log_ratio_clamp is not None:  # beyond the clamp the log-ratio is a constant: no gradient
+            active_grad = active & (batch.scores.detach() <= log_ratio_clamp)
+        else:
+            active_grad = active
         bound = torch.full_like(ratio, 1 - clip_low).masked_fill_(high, 1 + clip_high).detach()
         value = torch.where(active, ratio, bound)
-        active_ratio = torch.where(active & batch.mask.any(-1), ratio.detach(), torch.zeros_like(value))
+        active_ratio = torch.where(active_grad & batch.mask.any(-1), ratio.detach(), torch.zeros_like(value))
         active_ratio = batch.weigh_rows(active_ratio)
         return _PGTerms(value, active_ratio, high.to(value.dtype), low.to(value.dtype))
     ratio = torch.exp(batch.log_ratio)  # [B, T]; exactly 1 outside the mask, where no clip can be active
@@ -169,13 +181,16 @@ def _pg_loss(
     scale_adv_by_std: bool,
     counts: BatchCounts | None,
     importance_weights: Tensor | None,
+    log_ratio_clamp: float | None = None,
 ) -> LossOutput:
     if clip_low < 0 or clip_high < 0:
         raise ValueError(f"clip_low and clip_high must be >= 0, got {clip_low}, {clip_high}")
+    if log_ratio_clamp is not None and not log_ratio_clamp > 0:
+        raise ValueError(f"log_ratio_clamp must be > 0 or None, got {log_ratio_clamp}")
     batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids, importance_weights)
     step = _StepCounts.of(counts, batch)
     adv = group_advantages(batch.rewards, batch.groups, adv_eps, scale_adv_by_std)
-    terms = _terms(batch, variant, clip_low, clip_high, adv)
+    terms = _terms(batch, variant, clip_low, clip_high, adv, log_ratio_clamp)
     loss = batch.finish(_aggregate(adv * terms.value_sum, batch, variant, step))
     normalizer = batch.mask.shape[0] if step is None else step.sequences
     metrics = base_metrics(batch, _closed_form_weights(terms, adv, batch, variant, step), normalizer)
@@ -201,6 +216,7 @@ def pg_gradient_weights(
     scale_adv_by_std: bool = True,
     counts: BatchCounts | None = None,
     importance_weights: Tensor | None = None,
+    log_ratio_clamp: float | None = None,
 ) -> Tensor:
     """Closed-form effective per-rollout weights [B] of a GRPO-family loss, N·Σ_t ∂loss/∂logprobs[i, t].
 
@@ -216,7 +232,7 @@ def pg_gradient_weights(
     with torch.no_grad():
         batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids, importance_weights)
         adv = group_advantages(batch.rewards, batch.groups, adv_eps, scale_adv_by_std)
-        terms = _terms(batch, variant, clip_low, clip_high, adv)
+        terms = _terms(batch, variant, clip_low, clip_high, adv, log_ratio_clamp)
         return _closed_form_weights(terms, adv, batch, variant, _StepCounts.of(counts, batch))
 
 
@@ -314,10 +330,14 @@ def gspo_loss(
     scale_adv_by_std: bool = True,
     counts: BatchCounts | None = None,
     importance_weights: Tensor | None = None,
+    log_ratio_clamp: float | None = None,
 ) -> LossOutput:
     """GSPO: sequence-level ratio exp(s_i) = exp(mean_t log-ratio), clip 3e-4/4e-4, mean over the step's sequences.
 
-    Arguments as in :func:`grpo_loss`; ``clip_fraction`` counts sequences, not tokens.
+    Arguments as in :func:`grpo_loss`; ``clip_fraction`` counts sequences, not tokens. ``log_ratio_clamp``:
+    s_i is clamped above at it before the exponential (the official REAL/verl GSPO uses 10: it bounds the
+    ratio of a negative-advantage rollout, which the PPO clip leaves unbounded); beyond it the rollout gets no
+    gradient. None: no clamp.
     """
     return _pg_loss(
         "gspo",
@@ -332,4 +352,5 @@ def gspo_loss(
         scale_adv_by_std,
         counts,
         importance_weights,
+        log_ratio_clamp,
     )

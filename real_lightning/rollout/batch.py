@@ -17,7 +17,7 @@ from real_lightning.verifiers.answers import GroundTruth
 
 _PROMPT_ALIGNED = ("input_ids", "attention_mask")
 """[B, Lp + T] fields: left-padded prompts followed by right-padded responses."""
-_RESPONSE_ALIGNED = ("response_mask", "old_logprobs", "behaviour_logprobs")
+_RESPONSE_ALIGNED = ("response_mask", "old_logprobs", "behaviour_logprobs", "ref_logprobs")
 """[B, T] fields aligned with the response tokens (right-padded)."""
 
 
@@ -40,6 +40,8 @@ class RolloutBatch:
         old_logprobs: [B, T] float32 log π_old of the response tokens, or None while not computed
             (and never, when the update is exactly on-policy: π_old = π_θ.detach()).
         behaviour_logprobs: [B, T] float32 log-probs the engine sampled with, when it reports them.
+        ref_logprobs: [B, T] float32 log π_ref of the response tokens (the frozen reference policy), computed
+            once per rollout batch when the KL penalty is on; else None.
         responses: decoded responses (for sample tables), or empty.
         ground_truths: reference answers (a tuple: accepted answers), or empty.
         stats: scalars about how the batch was made (seconds per phase, verifier counts), for logging.
@@ -57,6 +59,7 @@ class RolloutBatch:
     policy_version: int = 0
     old_logprobs: Tensor | None = None
     behaviour_logprobs: Tensor | None = None
+    ref_logprobs: Tensor | None = None
     responses: list[str] = field(default_factory=list)
     ground_truths: list[GroundTruth] = field(default_factory=list)
     stats: dict[str, float] = field(default_factory=dict)

@@ -116,9 +116,11 @@ def dapo(logprobs, old, mask, rewards, group_ids, clip_low=0.2, clip_high=0.28) 
     return sum(toks) / len(toks)
 
 
-def gspo(logprobs, old, mask, rewards, group_ids, clip_low=3e-4, clip_high=4e-4) -> Tensor:
+def gspo(logprobs, old, mask, rewards, group_ids, clip_low=3e-4, clip_high=4e-4, log_ratio_clamp=None) -> Tensor:
     adv = advantages(rewards, group_ids)
     s = scores(logprobs, old, mask)
+    if log_ratio_clamp is not None:
+        s = [torch.clamp(s[i], max=log_ratio_clamp) for i in range(len(s))]
     seq = [-_clipped(torch.exp(s[i]), adv[i], clip_low, clip_high) for i in range(logprobs.shape[0])]
     return sum(seq) / len(seq)
 

@@ -77,3 +77,26 @@ def test_grpo_advantages_match_torch_std() -> None:
     batch = make_batch(1)
     expected = torch.tensor(reference.advantages(batch.rewards, batch.group_ids), dtype=torch.float64)
     torch.testing.assert_close(grpo_advantages(batch.rewards, batch.group_ids), expected, **TIGHT)
+
+
+@pytest.mark.parametrize("clamp", [10.0, 0.05])
+def test_gspo_log_ratio_clamp_matches_reference(clamp: float) -> None:
+    """The official GSPO clamps the sequence log-ratio at 10: rows pushed to s = ±40 (beyond it and far below),
+    value and gradient against the per-row reference; clamped rows get no gradient; the closed-form weight
+    (the allocation monitors') still equals autograd's."""
+    from real_lightning.losses import pg_gradient_weights
+
+    batch = make_batch(3, scale=scale_for("gspo"))
+    with torch.no_grad():
+        batch.logprobs[0] += 40.0 * batch.response_mask[0]  # s_0 ≈ 40 > clamp
+        batch.logprobs[1] -= 40.0 * batch.response_mask[1]  # s_1 ≈ −40
+    out, grad = _value_and_grad("gspo", batch, log_ratio_clamp=clamp)
+    ref_value, ref_grad = _reference_value_and_grad("gspo", batch, log_ratio_clamp=clamp)
+    torch.testing.assert_close(out.loss, ref_value, **TIGHT)
+    torch.testing.assert_close(grad, ref_grad, **TIGHT)
+    assert torch.isfinite(out.loss) and grad[0].abs().max() == 0
+    weights = pg_gradient_weights("gspo", **batch.kwargs(), log_ratio_clamp=clamp)
+    autograd = (grad * batch.response_mask).sum(-1) * out.metrics["weight_normalizer"]
+    torch.testing.assert_close(weights, autograd, **TIGHT)
+    with pytest.raises(ValueError, match="log_ratio_clamp must be > 0"):
+        LOSSES["gspo"](**batch.kwargs(), log_ratio_clamp=0.0)

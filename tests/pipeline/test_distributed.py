@@ -25,20 +25,23 @@ def _pass_at_1(output: str) -> str:
     return match.group(0)
 
 
+CHECKPOINTING_AND_KL = ["--model.gradient_checkpointing", "true", "--model.kl_coef", "0.1"]
+
+
 @pytest.mark.parametrize(
-    ("loss", "fsdp", "checkpointing"),
-    [("real", False, False), ("dapo", False, False), ("real", True, False), ("grpo", True, True)],
-    ids=["real-ddp", "dapo-ddp", "real-fsdp", "grpo-fsdp-checkpointing"],
+    ("loss", "fsdp", "extra"),
+    [("real", False, []), ("dapo", False, []), ("real", True, []), ("grpo", True, CHECKPOINTING_AND_KL)],
+    ids=["real-ddp", "dapo-ddp", "real-fsdp", "grpo-fsdp-checkpointing-kl"],
 )
-def test_two_processes_train_like_one(policy_dir, tmp_path, loss, fsdp, checkpointing) -> None:
+def test_two_processes_train_like_one(policy_dir, tmp_path, loss, fsdp, extra) -> None:
     """Same rollouts (a scripted engine) on 1 rank (unsharded) and 2 ranks (DDP, or FSDP2 with the policy
-    sharded, with activation checkpointing on both sides): same per-step loss and gradient norm (clipped
-    at 0.05, so clipping acts), same final weights, same Pass@1."""
+    sharded; with activation checkpointing and a KL penalty to the sharded reference policy on both sides):
+    same per-step loss and gradient norm (clipped at 0.05, so clipping acts), same final weights, same Pass@1."""
     outputs = {}
     for world in (1, 2):
         args = fit_args(policy_dir, tmp_path / f"w{world}", world, loss=loss, fsdp=fsdp and world == 2)
-        args += ["--model.dtype", "float64", "--data.engine", json.dumps(SCRIPTED)]
-        args += ["--trainer.gradient_clip_val", "0.05", "--model.gradient_checkpointing", str(checkpointing).lower()]
+        args += ["--model.dtype", "float64", "--data.engine", json.dumps(SCRIPTED), "--trainer.gradient_clip_val"]
+        args += ["0.05", *extra]
         outputs[world] = run_ranks(args, world, tmp_path / f"w{world}" / "logs")
     one, two = step_records(tmp_path / "w1" / "steps.jsonl"), step_records(tmp_path / "w2" / "steps.jsonl")
     assert sorted(one) == sorted(two) == [1, 2, 3, 4]

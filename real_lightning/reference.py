@@ -1,0 +1,56 @@
+"""The frozen reference policy π_ref of the KL penalty (``model.kl_coef > 0``): the starting policy.
+
+It is kept outside the LightningModule's submodules, so it is not in checkpoints (it is the starting weights,
+loaded again on resume), not in the optimizer, and not wrapped by DDP. Under FSDP2 it is sharded like the
+policy (per decoder layer, rank 0 loads and broadcasts), so it costs 1/N of its weights per rank; without
+sharding it is a full copy per process (2 bytes per parameter in bf16, 4 in fp32).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.distributed.device_mesh import DeviceMesh
+
+from real_lightning.fsdp import FSDPConfig, empty_policy, has_meta_parameters, is_sharded, load_weights, shard_policy
+from real_lightning.logprobs import sequence_logprobs
+from real_lightning.policy.loading import load_policy
+from real_lightning.rollout.batch import RolloutBatch
+
+
+class ReferencePolicy:
+    """π_ref: ``pretrained`` loaded in eval mode without gradients.
+
+    Args:
+        pretrained: the policy's starting checkpoint (``model.pretrained``).
+        dtype: its dtype (None: as saved).
+        sharded: build it on the meta device, to be sharded and loaded by :meth:`configure` (FSDP2).
+    """
+
+    def __init__(self, pretrained: str, dtype: torch.dtype | None, sharded: bool) -> None:
+        self.pretrained, self.dtype = pretrained, dtype
+        self.model = empty_policy(pretrained, dtype) if sharded else load_policy(pretrained, dtype)
+        self.model.eval().requires_grad_(False)
+
+    def configure(self, mesh: DeviceMesh | None, fsdp: FSDPConfig | None, device: torch.device) -> None:
+        """Shard it over ``mesh`` (when the policy is sharded) and load it, or move it to ``device``; once."""
+        if mesh is not None and not is_sharded(self.model):
+            shard_policy(self.model, mesh, fsdp or FSDPConfig())
+        if has_meta_parameters(self.model):
+            load_weights(self.model, self.pretrained, self.dtype, device)
+            self.model.eval().requires_grad_(False)
+        elif not is_sharded(self.model):
+            self.model.to(device)
+
+    def logprobs(self, batch: RolloutBatch, chunk_size: int) -> Tensor:
+        """[B, T] log π_ref of the response tokens at the batch's sampling temperature (no grad)."""
+        with torch.no_grad():
+            logprobs, _ = sequence_logprobs(
+                self.model,
+                batch.input_ids,
+                batch.attention_mask,
+                batch.prompt_length,
+                temperature=batch.temperature if batch.temperature > 0 else 1.0,
+                chunk_size=chunk_size,
+            )
+        return logprobs
