@@ -1,8 +1,16 @@
-"""The one compute-dtype rule shared by the log-probabilities and the losses."""
+"""The one compute-dtype rule shared by the log-probabilities and the losses, and dtype names in configs."""
 
 from __future__ import annotations
 
 import torch
+
+#: dtype names accepted in configs (``model.dtype``, ``model.fsdp.param_dtype``, ...).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def torch_dtype(name: str | None) -> torch.dtype | None:
+    """The torch dtype of a config name (:data:`DTYPES`); None for None or "" (the checkpoint's own dtype)."""
+    return DTYPES[name] if name else None
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

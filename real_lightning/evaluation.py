@@ -58,13 +58,22 @@ def average(results: list[BenchmarkResult]) -> BenchmarkResult:
     )
 
 
+def with_average(results: list[BenchmarkResult]) -> list[BenchmarkResult]:
+    """The results, then their :func:`average` when there are several."""
+    return [*results, average(results)] if len(results) > 1 else list(results)
+
+
+def _ks(results: list[BenchmarkResult]) -> list[int]:
+    return sorted({k for r in results for k in r.pass_at})
+
+
 def markdown_table(results: list[BenchmarkResult], label: str) -> str:
     """Table 1 row (avg@n in %, one column per benchmark, then their average) and the detail table."""
-    rows = [*results, average(results)] if len(results) > 1 else list(results)
-    names = [r.name for r in results] + (["avg."] if len(results) > 1 else [])
+    rows = with_average(results)
+    names = [r.name for r in results] + (["avg."] if len(rows) > len(results) else [])
     lines = ["| model | " + " | ".join(names) + " |", "|" + "---|" * (len(rows) + 1)]
     lines.append(f"| {label} | " + " | ".join(f"{100 * r.pass_at[1]:.1f}" for r in rows) + " |")
-    ks = sorted({k for r in results for k in r.pass_at})
+    ks = _ks(results)
     n = results[0].samples
     names = [f"avg@{n} %" if k == 1 else f"pass@{k} %" for k in ks]
     lines += ["", f"| benchmark | prompts | samples | {' | '.join(names)} | mean response tokens | truncated |"]
@@ -77,8 +86,7 @@ def markdown_table(results: list[BenchmarkResult], label: str) -> str:
 
 def csv_table(results: list[BenchmarkResult]) -> str:
     """One CSV row per benchmark and the average: fractions, not percent."""
-    rows = [*results, average(results)] if len(results) > 1 else list(results)
-    ks = sorted({k for r in results for k in r.pass_at})
+    rows, ks = with_average(results), _ks(results)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     header = ["benchmark", "prompts", "samples", *(f"pass@{k}" for k in ks), "mean_response_tokens", "truncation_rate"]

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
+from real_lightning.dtypes import torch_dtype
 from real_lightning.policy.loading import load_policy, load_tokenizer
 
 _PREFIX = "policy."
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, pretrained: s
     source = pretrained or hparams.get("pretrained")
     if not source:
         raise ValueError(f"{checkpoint} names no model.pretrained: pass --pretrained")
-    dtype = _DTYPES.get(hparams.get("dtype") or "")
+    dtype = torch_dtype(hparams.get("dtype"))
     weights = {k[len(_PREFIX) :]: v for k, v in state["state_dict"].items() if k.startswith(_PREFIX)}
     if not weights:
         raise ValueError(f"{checkpoint} holds no policy weights (keys starting with {_PREFIX!r})")

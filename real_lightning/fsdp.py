@@ -20,9 +20,8 @@ from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
+from real_lightning.dtypes import torch_dtype
 from real_lightning.policy.loading import load_policy, resolve_pretrained
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -115,8 +114,8 @@ def shard_policy(policy: PreTrainedModel, mesh: DeviceMesh, config: FSDPConfig) 
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mixed = MixedPrecisionPolicy(
-        param_dtype=_DTYPES[config.param_dtype] if config.param_dtype else None,
-        reduce_dtype=_DTYPES[config.reduce_dtype] if config.reduce_dtype else None,
+        param_dtype=torch_dtype(config.param_dtype),
+        reduce_dtype=torch_dtype(config.reduce_dtype),
     )
     kwargs: dict[str, Any] = {"mesh": mesh, "mp_policy": mixed, "reshard_after_forward": config.reshard_after_forward}
     layers = getattr(getattr(policy, "model", None), "layers", None)
@@ -146,6 +145,22 @@ def load_weights(policy: PreTrainedModel, pretrained: str, dtype: torch.dtype | 
         return
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     set_model_state_dict(policy, full, options=options)
+
+
+def materialize(
+    policy: PreTrainedModel,
+    mesh: DeviceMesh | None,
+    config: FSDPConfig | None,
+    pretrained: str,
+    dtype: torch.dtype | None,
+    device: torch.device,
+) -> None:
+    """Shard ``policy`` over ``mesh`` (unless None or done) and load its weights if still on the meta device;
+    what a built-on-meta policy needs once the process group exists. Idempotent."""
+    if mesh is not None and not is_sharded(policy):
+        shard_policy(policy, mesh, config or FSDPConfig())
+    if has_meta_parameters(policy):
+        load_weights(policy, pretrained, dtype, device)
 
 
 def full_state_dict(policy: nn.Module) -> dict[str, Tensor]:

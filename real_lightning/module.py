@@ -24,16 +24,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
-from real_lightning.fsdp import (
-    FSDPConfig,
-    empty_policy,
-    full_state_dict,
-    has_meta_parameters,
-    is_sharded,
-    load_weights,
-    shard_policy,
-    total_grad_norm,
-)
+from real_lightning.dtypes import torch_dtype
+from real_lightning.fsdp import FSDPConfig, empty_policy, full_state_dict, is_sharded, materialize, total_grad_norm
 from real_lightning.logprobs import sequence_logprobs
 from real_lightning.losses import LOSSES
 from real_lightning.losses.kl import KLPenalty
@@ -45,7 +37,6 @@ from real_lightning.rollout.engine import RolloutEngine
 from real_lightning.rollout.requests import RolloutRequest, ValidationRequest
 from real_lightning.update import ImportanceSampling, StepResult, accumulate_step, old_logprobs_pass
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 _NOT_HPARAMS = {"counts"}
 
 
@@ -117,13 +108,15 @@ class RealPolicyModule(LightningModule):
         self.tokenizer = load_tokenizer(pretrained)
         # from_pretrained returns eval mode
         self.fsdp = FSDPConfig(**fsdp) if isinstance(fsdp, dict) else fsdp
-        torch_dtype = _DTYPES[dtype] if dtype else None
-        self.policy = (empty_policy(pretrained, torch_dtype) if fsdp else load_policy(pretrained, torch_dtype)).train()
+        policy_dtype = torch_dtype(dtype)
+        self.policy = (
+            empty_policy(pretrained, policy_dtype) if fsdp else load_policy(pretrained, policy_dtype)
+        ).train()
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.importance_sampling = ImportanceSampling(importance_sampling, importance_cap)
         self.kl = KLPenalty(kl_coef, kl_estimator, kl_clamp)
-        self.reference = ReferencePolicy(pretrained, torch_dtype, sharded=bool(fsdp)) if self.kl.active else None
+        self.reference = ReferencePolicy(pretrained, policy_dtype, sharded=bool(fsdp)) if self.kl.active else None
         self.skipped_steps = 0
         self._skip_update = False
         self._engines_set_up: dict[int, RolloutEngine] = {}  # by id: engines need not be hashable
@@ -140,16 +133,15 @@ class RealPolicyModule(LightningModule):
         optimizer is built and a checkpoint restored; it does its work once.
         """
         mesh = self.device_mesh
-        if mesh is not None and not is_sharded(self.policy):
-            if mesh["tensor_parallel"].size() != 1:
-                raise ValueError("tensor parallelism is not supported: use real_lightning.fsdp.FSDP2Strategy")
-            shard_policy(self.policy, mesh["data_parallel"], self.fsdp or FSDPConfig())
-        if has_meta_parameters(self.policy):
-            dtype = _DTYPES[self.hparams.dtype] if self.hparams.dtype else None
-            load_weights(self.policy, self.hparams.pretrained, dtype, self.trainer.strategy.root_device)
+        if mesh is not None and mesh["tensor_parallel"].size() != 1:
+            raise ValueError("tensor parallelism is not supported: use real_lightning.fsdp.FSDP2Strategy")
+        data_parallel = mesh["data_parallel"] if mesh is not None else None
+        device = self.trainer.strategy.root_device
+        materialize(
+            self.policy, data_parallel, self.fsdp, self.hparams.pretrained, torch_dtype(self.hparams.dtype), device
+        )
         if self.reference is not None:
-            data_parallel = mesh["data_parallel"] if mesh is not None else None
-            self.reference.configure(data_parallel, self.fsdp, self.trainer.strategy.root_device)
+            self.reference.configure(data_parallel, self.fsdp, device)
 
     # --- the data side -----------------------------------------------------------------------------
 

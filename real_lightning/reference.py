@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh
 
-from real_lightning.fsdp import FSDPConfig, empty_policy, has_meta_parameters, is_sharded, load_weights, shard_policy
+from real_lightning.fsdp import FSDPConfig, empty_policy, is_sharded, materialize
 from real_lightning.logprobs import sequence_logprobs
 from real_lightning.policy.loading import load_policy
 from real_lightning.rollout.batch import RolloutBatch
@@ -34,12 +34,8 @@ class ReferencePolicy:
 
     def configure(self, mesh: DeviceMesh | None, fsdp: FSDPConfig | None, device: torch.device) -> None:
         """Shard it over ``mesh`` (when the policy is sharded) and load it, or move it to ``device``; once."""
-        if mesh is not None and not is_sharded(self.model):
-            shard_policy(self.model, mesh, fsdp or FSDPConfig())
-        if has_meta_parameters(self.model):
-            load_weights(self.model, self.pretrained, self.dtype, device)
-            self.model.eval().requires_grad_(False)
-        elif not is_sharded(self.model):
+        materialize(self.model, mesh, fsdp, self.pretrained, self.dtype, device)
+        if not is_sharded(self.model):
             self.model.to(device)
 
     def logprobs(self, batch: RolloutBatch, chunk_size: int) -> Tensor:

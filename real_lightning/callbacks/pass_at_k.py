@@ -9,7 +9,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import MeanMetric, SumMetric
 from typing_extensions import override
 
-from real_lightning.evaluation import BenchmarkResult, average, write_tables
+from real_lightning.evaluation import BenchmarkResult, with_average, write_tables
 from real_lightning.metrics import PassAtK
 from real_lightning.rollout.batch import ValidationRollouts
 
@@ -40,8 +40,6 @@ class PassAtKLogger(Callback):
         self.ks = tuple(ks)
         self.tables = tables
         self.history: dict[str, list[tuple[int, float]]] = {}
-        self.last_results: list[BenchmarkResult] = []
-        self.last_table: Path | None = None
         self._metrics: dict[str, dict[int, PassAtK]] = {}
         self._lengths: dict[str, MeanMetric] = {}
         self._truncated: dict[str, MeanMetric] = {}
@@ -95,19 +93,17 @@ class PassAtKLogger(Callback):
             )
             if 1 in pass_at and not trainer.sanity_checking:
                 self.history.setdefault(name, []).append((trainer.global_step, pass_at[1]))
-        rows = [*results, average(results)] if len(results) > 1 else results
-        for r in rows:
+        for r in with_average(results):
             for k, value in r.pass_at.items():
-                pl_module.log(f"{stage}/{r.name}/pass@{k}", float(value), prog_bar=k == 1, add_dataloader_idx=False)
+                pl_module.log(f"{stage}/{r.name}/pass@{k}", value, prog_bar=k == 1, add_dataloader_idx=False)
             pl_module.log(f"{stage}/{r.name}/response_length_mean", r.length, add_dataloader_idx=False)
             pl_module.log(f"{stage}/{r.name}/truncation_rate", r.truncated, add_dataloader_idx=False)
-        self.last_results = results
         if self.tables and results and not trainer.sanity_checking and trainer.is_global_zero:
             # the logger's folder: trainer.log_dir would be a collective (a broadcast), and only rank 0 is here
             folder = Path(getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir) / "evaluation"
             model = getattr(pl_module, "hparams", {}).get("pretrained", type(pl_module).__name__)
             label = f"{model} (step {trainer.global_step})"
-            self.last_table = write_tables(results, folder, trainer.global_step, label=label)
+            write_tables(results, folder, trainer.global_step, label=label)
         self._reset()
 
     @override

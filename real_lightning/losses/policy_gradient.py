@@ -101,10 +101,8 @@ def _terms(
         ratio = torch.exp(scores)  # [B] sequence-level ratio exp(mean_t log-ratio), the log-ratio ≤ the clamp
         high, low = clip_masks(ratio.detach(), adv, clip_low, clip_high)
         active = ~(high | low)
-        if log_ratio_clamp is not None:  # beyond the clamp the log-ratio is a constant: no gradient
-            active_grad = active & (batch.scores.detach() <= log_ratio_clamp)
-        else:
-            active_grad = active
+        # beyond the clamp the log-ratio is a constant: no gradient
+        active_grad = active if log_ratio_clamp is None else active & (batch.scores.detach() <= log_ratio_clamp)
         bound = torch.full_like(ratio, 1 - clip_low).masked_fill_(high, 1 + clip_high).detach()
         value = torch.where(active, ratio, bound)
         active_ratio = torch.where(active_grad & batch.mask.any(-1), ratio.detach(), torch.zeros_like(value))
