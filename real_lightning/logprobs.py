@@ -260,6 +260,7 @@ def sequence_logprobs(
     temperature: float = 1.0,
     chunk_size: int = 256,
     with_entropy: bool = False,
+    fused_head: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probabilities (and entropy) of the response tokens under a Hugging Face causal LM.
 
@@ -283,6 +284,9 @@ def sequence_logprobs(
         attention_mask: [B, L], 1 for real tokens, 0 for padding.
         response_start: prompt length P, 1 ≤ P ≤ L.
         temperature, chunk_size, with_entropy: as in :func:`token_logprobs`.
+        fused_head: score the tokens inside the model's LM head
+            (:func:`real_lightning.fused_head.fused_head_logprobs`): the [B, L − P + 1, V] logits and their
+            gradient are never held, only [chunk_size, V] blocks; same values and gradients.
 
     Returns:
         ``(logprobs, entropy)`` [B, L − P] float32 (entropy ``None`` unless ``with_entropy``).
@@ -306,7 +310,22 @@ def sequence_logprobs(
         "position_ids": position_ids,
         "use_cache": False,
     }
+    # targets for positions response_start − 1 … L − 1: the response tokens, then a dummy (token 0)
+    targets = torch.cat([input_ids[:, response_start:], input_ids.new_zeros(input_ids.shape[0], 1)], dim=1)
     support = _logits_to_keep_support(model)
+    if fused_head:
+        from real_lightning.fused_head import fused_head_logprobs
+
+        if support:
+            kwargs["logits_to_keep"] = keep
+        with fused_head_logprobs(
+            model, targets, temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy
+        ) as fused:
+            model(**kwargs)
+        if "logprobs" not in fused:
+            raise RuntimeError(f"{type(model).__name__}.forward did not call its LM head: set fused_head false")
+        logprobs, entropy = fused["logprobs"], fused["entropy"]
+        return logprobs[:, :-1], (entropy[:, :-1] if entropy is not None else None)
     if support:
         kwargs["logits_to_keep"] = keep
     try:
@@ -326,8 +345,6 @@ def sequence_logprobs(
                 f"expected {keep} (logits_to_keep) or L = {length}"
             )
         logits = logits[:, response_start - 1 :]  # all positions were computed: keep the last `keep`
-    # targets for positions response_start − 1 … L − 1: the response tokens, then a dummy (token 0)
-    targets = torch.cat([input_ids[:, response_start:], input_ids.new_zeros(input_ids.shape[0], 1)], dim=1)
     logprobs, entropy = token_logprobs(
         logits, targets, temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy
     )

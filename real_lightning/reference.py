@@ -38,7 +38,7 @@ class ReferencePolicy:
         if not is_sharded(self.model):
             self.model.to(device)
 
-    def logprobs(self, batch: RolloutBatch, chunk_size: int) -> Tensor:
+    def logprobs(self, batch: RolloutBatch, chunk_size: int, fused_head: bool = False) -> Tensor:
         """[B, T] log π_ref of the response tokens at the batch's sampling temperature (no grad)."""
         with torch.no_grad():
             logprobs, _ = sequence_logprobs(
@@ -48,5 +48,6 @@ class ReferencePolicy:
                 batch.prompt_length,
                 temperature=batch.temperature if batch.temperature > 0 else 1.0,
                 chunk_size=chunk_size,
+                fused_head=fused_head,
             )
         return logprobs

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from real_lightning.rollout.batch import concat_rows
+from real_lightning.rollout.decode import decode
 from real_lightning.rollout.engine import Generation, check_sampling
 
 
@@ -58,6 +60,9 @@ class HFEngine:
         synced_gpus: keep every rank decoding until all ranks are done (Hugging Face's ``synced_gpus``),
             needed when the policy is sharded (FSDP): each forward then gathers parameters on all ranks.
             None: on exactly when the policy's parameters are sharded (``DTensor``) and several ranks run.
+        decoder: ``loop`` samples with :func:`real_lightning.rollout.decode.decode` (a lean KV-cache loop
+            that draws tokens by inversion; plain sampling only), ``generate`` with ``model.generate``;
+            ``auto`` (default): ``loop`` unless ``top_p``, ``top_k`` or ``stop`` ask for ``generate``.
 
     The engine generates with the training module itself (:meth:`setup` hands it over), so
     :meth:`update_weights` has nothing to copy: it records the version. Behaviour log-probs are not
@@ -74,8 +79,15 @@ class HFEngine:
         ignore_eos: bool = False,
         max_batch_size: int | None = None,
         synced_gpus: bool | None = None,
+        decoder: Literal["auto", "loop", "generate"] = "auto",
     ) -> None:
         check_sampling(max_new_tokens, temperature, top_p, top_k)
+        plain = top_p == 1.0 and top_k == 0 and not stop
+        if decoder not in ("auto", "loop", "generate"):
+            raise ValueError(f"decoder must be 'auto', 'loop' or 'generate', got {decoder!r}")
+        if decoder == "loop" and not plain:
+            raise ValueError("decoder 'loop' samples plainly: top_p 1, top_k 0 and no stop strings (or 'generate')")
+        self.decoder = decoder
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
@@ -91,6 +103,12 @@ class HFEngine:
     @property
     def policy_version(self) -> int:
         return self._version
+
+    @property
+    def uses_loop(self) -> bool:
+        """Whether generation runs :func:`~real_lightning.rollout.decode.decode` rather than ``model.generate``."""
+        plain = self.top_p == 1.0 and self.top_k == 0 and not self.stop
+        return self.decoder == "loop" or (self.decoder == "auto" and plain)
 
     def setup(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
         """Generate with ``model`` (the training policy, shared, not copied) and ``tokenizer``."""
@@ -170,13 +188,25 @@ class HFEngine:
         was_training = policy.training
         policy.eval()
         try:
-            out = policy.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                generation_config=self._config(tokenizer, n),
-                tokenizer=tokenizer if self.stop else None,
-                synced_gpus=synced,
-            )
+            if self.uses_loop:
+                out = decode(
+                    policy,
+                    ids.repeat_interleave(n, 0),
+                    mask.repeat_interleave(n, 0),
+                    max_new_tokens=self.max_new_tokens,
+                    temperature=self.temperature,
+                    eos_ids=[] if self.ignore_eos else [tokenizer.eos_token_id],
+                    pad_id=tokenizer.pad_token_id,
+                    synced=synced,
+                )
+            else:
+                out = policy.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    generation_config=self._config(tokenizer, n),
+                    tokenizer=tokenizer if self.stop else None,
+                    synced_gpus=synced,
+                )
         finally:
             policy.train(was_training)
         prompt_length = ids.shape[1]

@@ -98,6 +98,11 @@ class VLLMEngine:
             raise ValueError("VLLMEngine needs model_path: the policy has no name_or_path to load vLLM from")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in process: weight sync shares tensors
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        # vLLM's CPU worker cuts torch to 1 thread "for serving" unless OMP_NUM_THREADS is set, and then
+        # disables torch.set_num_threads: in process that would halve the trainer's update on 2 cores
+        threads = torch.get_num_threads()
+        if not torch.cuda.is_available():
+            os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         from vllm import LLM
 
         kwargs: dict[str, Any] = {
@@ -118,6 +123,8 @@ class VLLMEngine:
             kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
         kwargs.update(self.llm_kwargs)
         self.llm = LLM(**kwargs)
+        if torch.get_num_threads() != threads:
+            torch._C._set_num_threads(threads)  # the unpatched setter: the trainer keeps its threads
         self._tokenizer = tokenizer
         self._tied_embeddings = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
 

@@ -18,6 +18,7 @@ vllm = pytest.importorskip("vllm")
 from real_lightning.rollout.vllm import VLLMEngine  # noqa: E402
 
 PROMPTS = ["12+34=", "56+78=", "90+11=", "23+45="]
+TORCH_THREADS = torch.get_num_threads()  # before any engine exists
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,12 @@ def engine(tiny):
     engine = VLLMEngine(max_new_tokens=12, temperature=1.0, dtype="float32", enforce_eager=True)
     engine.setup(policy, tokenizer)
     return engine
+
+
+def test_setup_leaves_the_trainers_torch_threads_alone(engine) -> None:
+    """vLLM's CPU worker would cut torch to 1 thread (and disable set_num_threads): the in-process trainer's
+    update would run on half the cores."""
+    assert torch.get_num_threads() == TORCH_THREADS
 
 
 def _sharing(engine: VLLMEngine, **settings) -> VLLMEngine:
