@@ -94,7 +94,11 @@ def decode(
     tokens: list[Tensor] = []
     cache, cache_name = None, _cache_argument(model)
     step_ids, step_positions = input_ids, position
-    for step in range(max_new_tokens):
+    done = False  # this rank's rows are complete; with ``synced`` it may still step for the others
+    step = 0
+    while True:
+        if mask.shape[1] < prompt_length + step:  # synced stepping past this rank's own limit
+            mask = torch.cat([mask, mask.new_ones(batch, prompt_length + step - mask.shape[1])], dim=1)
         out = model(
             input_ids=step_ids,
             attention_mask=mask[:, : prompt_length + step],
@@ -106,16 +110,17 @@ def decode(
         cache = _returned_cache(out)
         if cache is None:
             raise RuntimeError(f"{type(model).__name__} returned no KV cache with use_cache=True")
-        token = sample_next(out.logits[:, -1], temperature, generator)
-        token = torch.where(unfinished, token, torch.full_like(token, pad_id))
-        tokens.append(token)
-        if eos is not None:
-            unfinished &= ~torch.isin(token, eos)
-        more = bool(unfinished.any())
-        if synced:
-            more = _any_rank(more, device)
-        if not more:
+        if not done:
+            token = sample_next(out.logits[:, -1], temperature, generator)
+            token = torch.where(unfinished, token, torch.full_like(token, pad_id))
+            tokens.append(token)
+            if eos is not None:
+                unfinished &= ~torch.isin(token, eos)
+            done = len(tokens) >= max_new_tokens or not bool(unfinished.any())
+        # a sharded model's forward is a collective: every rank steps until all ranks are done (same count)
+        if not (_any_rank(not done, device) if synced else not done):
             break
-        step_ids = token[:, None]
+        step += 1
+        step_ids = tokens[-1][:, None] if not done else torch.full_like(step_ids[:, -1:], pad_id)
         step_positions = step_positions[:, -1:] + 1
     return torch.cat([input_ids, torch.stack(tokens, dim=1)], dim=1)

@@ -118,3 +118,32 @@ def test_decoder_option() -> None:
         HFEngine(decoder="loop", top_k=5)
     with pytest.raises(ValueError, match="decoder must be"):
         HFEngine(decoder="fast")
+
+
+def test_synced_rank_keeps_stepping_until_every_rank_is_done(monkeypatch) -> None:
+    """With ``synced``, a rank whose rows are done keeps calling the model (each forward of a sharded model is a
+    collective) until the other ranks are done too, and returns only its own tokens."""
+    import real_lightning.rollout.decode as decode_module
+
+    policy, tokenizer = load_policy(str(TINY_POLICY_DIR)).eval(), load_tokenizer(str(TINY_POLICY_DIR))
+    ids, mask = left_pad([tokenizer("12+34=").input_ids], tokenizer.pad_token_id, torch.device("cpu"))
+    other_rank_steps = 7  # forwards the other rank needs
+    calls = {"forward": 0, "reduce": 0}
+    original_forward = policy.forward
+
+    def counting_forward(*args, **kwargs):
+        calls["forward"] += 1
+        return original_forward(*args, **kwargs)
+
+    def fake_any_rank(flag, device):
+        calls["reduce"] += 1
+        return flag or calls["forward"] < other_rank_steps
+
+    monkeypatch.setattr(policy, "forward", counting_forward)
+    monkeypatch.setattr(decode_module, "_any_rank", fake_any_rank)
+    out = decode(
+        policy, ids.repeat(2, 1), mask.repeat(2, 1), max_new_tokens=3, temperature=1.0,
+        eos_ids=[], pad_id=tokenizer.pad_token_id, synced=True,
+    )  # fmt: skip
+    assert out.shape[1] == ids.shape[1] + 3  # its own 3 tokens
+    assert calls["forward"] == other_rank_steps and calls["reduce"] == other_rank_steps
