@@ -10,8 +10,9 @@ Two workloads, each in one process, the three samplers alternating within every 
 
 Samplers: ``raw vllm`` = ``LLM.generate`` with exactly the ``SamplingParams`` ``VLLMEngine`` builds (per-
 prompt seeds, behaviour log-probs), timed alone — the floor for the wrapper; ``VLLMEngine.generate`` (the
-same ``LLM``, plus building the ``Generation`` tensors); ``HFEngine.generate`` (``model.generate`` on the
-training module). tokens/s = response tokens sampled / seconds. *sync* = ``VLLMEngine.update_weights``
+same ``LLM``, plus building the ``Generation`` tensors); ``HFEngine.generate`` on the training module, with
+its lean decode loop (the default for plain sampling) and with ``decoder="generate"`` (``model.generate``).
+tokens/s = response tokens sampled / seconds. *sync* = ``VLLMEngine.update_weights``
 of every parameter of the policy under a new version (what the module does once per optimizer step).
 Medians of ``--repeats`` after one warm-up call each. fp32 on CPU (2 torch threads), bf16 on CUDA.
 
@@ -102,8 +103,10 @@ def run(workload: Workload, repeats: int, eager: bool) -> list[dict]:
     policy = AutoModelForCausalLM.from_pretrained(workload.model_dir, dtype=dtype).eval()
     policy.to("cuda" if cuda else "cpu")
     sampling = {"max_new_tokens": workload.max_new_tokens, "temperature": 1.0, "ignore_eos": workload.ignore_eos}
-    hf = HFEngine(**sampling)
+    hf = HFEngine(**sampling)  # the lean decode loop (plain sampling)
     hf.setup(policy, tokenizer)
+    hf_generate = HFEngine(**sampling, decoder="generate")  # model.generate
+    hf_generate.setup(policy, tokenizer)
     engine = VLLMEngine(**sampling, dtype=str(dtype).removeprefix("torch."), enforce_eager=eager, kv_cache_gib=2)
     engine.setup(policy, tokenizer)
     prompts, n = workload.prompts, workload.n
@@ -131,14 +134,20 @@ def run(workload: Workload, repeats: int, eager: bool) -> list[dict]:
         engine.update_weights(((name, p.detach()) for name, p in policy.named_parameters()), next(version))
         return time.perf_counter() - start, 0
 
-    calls = {"raw vllm": raw, "VLLMEngine": wrapped(engine), "HFEngine": wrapped(hf), "sync": sync}
+    calls = {
+        "raw vllm": raw,
+        "VLLMEngine": wrapped(engine),
+        "HFEngine": wrapped(hf),
+        "HFEngine (generate)": wrapped(hf_generate),
+        "sync": sync,
+    }
     tokens = {name: call()[1] for name, call in calls.items()}  # warm-up
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):  # alternate, so that load drifts hit every sampler alike
         for name, call in calls.items():
             samples[name].append(call()[0])
     rows = []
-    for name in ("raw vllm", "VLLMEngine", "HFEngine"):
+    for name in ("raw vllm", "VLLMEngine", "HFEngine", "HFEngine (generate)"):
         seconds = statistics.median(samples[name])
         rows.append({"workload": workload.name, "sampler": name, "seconds": seconds, "tokens": tokens[name]})
     floor = rows[0]["seconds"]

