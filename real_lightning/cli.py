@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from real_lightning.callbacks.pass_at_k import PassAtKLogger
+from real_lightning.callbacks.run_health import RunHealthMonitor
 from real_lightning.data.datamodule import RolloutDataModule
 from real_lightning.module import RealPolicyModule
 from real_lightning.resume import attach_loggers_to_run
@@ -23,7 +24,9 @@ from real_lightning.resume import attach_loggers_to_run
 class RealLightningCLI(LightningCLI):
     """LightningCLI for :class:`RealPolicyModule` and :class:`RolloutDataModule`.
 
-    Adds ``--pass_at_k.ks`` (the always-on :class:`PassAtKLogger`) and, for ``fit``,
+    Adds ``--pass_at_k.ks`` (the always-on :class:`PassAtKLogger`), ``--health.*`` (the always-on
+    :class:`~real_lightning.callbacks.run_health.RunHealthMonitor`: ``--health.stop_on [no_learning_signal]``,
+    ``--health.patience 10``) and, for ``fit``,
     ``--validate_before_fit`` (measure the starting policy first, so that the run reports
     "Pass@1 before: …, after: …"). ``fit --ckpt_path last`` (or a checkpoint path) resumes the run
     into its own log folder (:mod:`real_lightning.resume`) and skips the validation before fit.
@@ -32,6 +35,7 @@ class RealLightningCLI(LightningCLI):
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(PassAtKLogger, "pass_at_k")
+        parser.add_lightning_class_args(RunHealthMonitor, "health")
         parser.add_argument(
             "--validate_before_fit",
             type=bool,

@@ -264,7 +264,13 @@ class RealPolicyModule(LightningModule):
         )
         self._skip_update = result.skipped
         self._log_step(result, len(minibatch))
-        return {"loss": self._sync_loss(), "loss_output": result.loss_output, "rollouts": result.rollouts}
+        return {
+            "loss": self._sync_loss(),
+            "loss_output": result.loss_output,
+            "rollouts": result.rollouts,
+            "metrics": result.metrics,  # what the step logged (global values), for callbacks such as RunHealthMonitor
+            "skipped": result.skipped,
+        }
 
     def _sync_loss(self) -> Tensor:
         """What Lightning back-propagates after the step's own backward passes: zero, touching every parameter.

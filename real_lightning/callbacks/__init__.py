@@ -1,7 +1,8 @@
-"""Callbacks: Pass@k on validation sets, gradient-weight allocation, rollout samples."""
+"""Callbacks: Pass@k on validation sets, gradient-weight allocation, rollout samples, run health."""
 
 from real_lightning.callbacks.gradient_weights import GradientWeightMonitor
 from real_lightning.callbacks.pass_at_k import PassAtKLogger
 from real_lightning.callbacks.rollout_samples import RolloutSampleLogger
+from real_lightning.callbacks.run_health import RunHealthMonitor
 
-__all__ = ["GradientWeightMonitor", "PassAtKLogger", "RolloutSampleLogger"]
+__all__ = ["GradientWeightMonitor", "PassAtKLogger", "RolloutSampleLogger", "RunHealthMonitor"]

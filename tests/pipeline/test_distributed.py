@@ -152,3 +152,32 @@ def test_two_process_resume_after_sigkill_is_exact(tmp_path, fsdp) -> None:
     assert at_fit_end.keys() == later.keys() and all(torch.equal(at_fit_end[k], later[k]) for k in later)
     reloaded = AutoModelForCausalLM.from_pretrained(exported)
     assert torch.equal(reloaded.model.embed_tokens.weight, at_fit_end["model.embed_tokens.weight"])
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_health_stop_on_stops_every_rank_with_a_checkpoint_that_resumes(tmp_path, fsdp) -> None:
+    """Two new tokens are too few for any answer: `truncation` starts at step 2 (patience 2) and, being in
+    ``--health.stop_on``, ends the run on both ranks after a checkpoint (a distributed one under FSDP2);
+    ``--ckpt_path last`` continues to the end without stopping again."""
+    checkpoint = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"every_n_train_steps": 100, "save_last": True},
+    }
+    args = fit_args(BUILTIN, tmp_path, 2, loss="real", extra_callbacks=[checkpoint], fsdp=fsdp)
+    args += ["--trainer.enable_checkpointing", "true", "--trainer.max_steps", "5"]
+    args += ["--data.engine.init_args.max_new_tokens", "2", "--data.verifier.reward", "math"]
+    args += ["--health.patience", "2", "--health.stop_on", "[truncation]"]
+    outputs = run_ranks(args, 2, tmp_path / "logs")
+    assert "Run health — stopping at step 2 (truncation is in stop_on)" in outputs[0]
+    names = ("steps.jsonl", "steps.jsonl.rank1")
+    for name in names:
+        assert sorted(step_records(tmp_path / name)) == [1, 2], name
+        (tmp_path / name).rename(tmp_path / f"stopped_{name}")
+    (last,) = tmp_path.rglob("last.ckpt")
+    assert last.is_dir() == fsdp
+    outputs = run_ranks([*args, "--ckpt_path", "last"], 2, tmp_path / "logs2")
+    assert "stopping" not in outputs[0]
+    for name in names:
+        assert sorted(step_records(tmp_path / name)) == [3, 4, 5], name
+    report = json.loads(next(tmp_path.rglob("health.json")).read_text())
+    assert report["steps"] == 5 and "truncation" in [f["name"] for f in report["findings"]]

@@ -1,0 +1,438 @@
+"""RunHealthMonitor: notice when a run has stopped learning, say why once, and what to try.
+
+It watches signals the module already logs — what ``training_step`` returns under ``outputs["metrics"]``
+(global values: every rank sees the same), ``train/grad_norm`` from ``trainer.callback_metrics`` and the
+validation Pass@1 — and turns a condition that holds for ``patience`` steps (or a single spike) into a
+*finding*: logged as ``health/<name>`` (1 while it holds, else 0) and ``health/<name>_value``, printed once
+with its step range, numbers, likely cause and what to try, listed in a summary at the end of ``fit`` and
+in ``<log dir>/health.json``. Findings named in ``stop_on`` end the run with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import statistics
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from typing_extensions import override
+
+from real_lightning.callbacks.health_advice import GRADED, explain
+
+log = logging.getLogger(__name__)
+
+SUSTAINED = ("no_learning_signal", "truncation", "entropy_collapse", "entropy_explosion")
+EVENTS = ("reward_hacking", "nonfinite_loss", "grad_norm_spike", "ppo_kl_spike", "mismatch_spike", "verifier_failures")
+FINDINGS = SUSTAINED + EVENTS
+_LOW = ("no_learning_signal", "entropy_collapse")  # findings whose value is worse when lower
+_PASS_AT_1 = re.compile(r"^val/(.+)/pass@1$")
+
+
+@dataclass
+class Finding:
+    """One finding: the steps it held (first..last), how many steps or events, the triggering and worst value."""
+
+    name: str
+    first_step: int
+    reported_step: int
+    last_step: int
+    count: int
+    value: float
+    worst: float
+    message: str
+    episodes: int = 1
+
+    def line(self) -> str:
+        unit = "steps" if self.name in SUSTAINED else "events"
+        again = f", {self.episodes} episodes" if self.episodes > 1 else ""
+        return (
+            f"{self.name:<19} steps {self.first_step}–{self.last_step} ({self.count} {unit}{again}): "
+            f"value {self.value:.4g}, worst {self.worst:.4g}"
+        )
+
+    def update(self, step: int, value: float) -> None:
+        """The condition held again at ``step`` with ``value``."""
+        self.last_step, self.count = step, self.count + 1
+        self.worst = min(self.worst, value) if self.name in _LOW else max(self.worst, value)
+
+
+class RunHealthMonitor(Callback):
+    """Say when a run has stopped learning, why, and what to try (see the module docstring).
+
+    A *sustained* finding starts when the mean of its value over the last ``patience`` steps is past its bound
+    (a single good step in a dead stretch does not reset it) and lasts while it stays there; an *event* is one
+    step's value. Findings (``health/<name>``; in brackets ``health/<name>_value``):
+
+    - ``no_learning_signal`` [train/contrast_fraction]: ≤ ``contrast_floor`` — (almost) no group has a label
+      contrast: all rewards equal, so the loss and its gradient are 0. The message says which: all 0 (truncated,
+      no answer found, or too hard) or all 1 (too easy), or equal within groups only;
+    - ``truncation`` [rollout/truncation_rate]: ≥ ``truncation_ceiling``, with the share of the cut responses that
+      held a correct answer (``verifier/truncated_zeroed``, where ``truncated_is_wrong`` zeroed them);
+    - ``entropy_collapse`` / ``entropy_explosion`` [train/entropy ÷ its mean over the first
+      ``entropy_baseline_steps`` steps]: ≤ ``entropy_collapse`` / ≥ ``entropy_explosion``;
+    - ``reward_hacking`` [Pass@1 below its best] (event, at a validation): Pass@1 (``val/average`` or the only
+      set) ≥ ``pass_drop`` below its best earlier value while the training reward (mean of the last
+      ``reward_window`` rollout batches) rose ≥ ``reward_rise`` since that validation;
+    - ``nonfinite_loss`` [skipped updates so far] (event): an update skipped for a non-finite loss;
+    - ``grad_norm_spike`` / ``ppo_kl_spike`` / ``mismatch_spike`` [the value] (events): train/grad_norm,
+      |train/ppo_kl| or rollout/mismatch_k3 ≥ ``spike_factor`` × its median over the last ``spike_window``
+      steps (once 10 are seen; zero gradient norms left out) and above ``ppo_kl_floor`` / ``mismatch_floor``;
+    - ``verifier_failures`` [share] (event): ≥ ``verifier_failure_rate`` of a rollout batch's responses timed out
+      or raised in the verifier (they score 0).
+
+    Args:
+        patience: steps over which a sustained finding's value is averaged before it is reported (20).
+        contrast_floor: ``no_learning_signal`` bound on the share of groups with a contrast (0.02).
+        truncation_ceiling: ``truncation`` bound on the share of responses cut at the length limit (0.9).
+        entropy_baseline_steps: first steps whose mean entropy is the reference (10).
+        entropy_collapse: ``entropy_collapse`` bound, a fraction of the starting entropy (0.05).
+        entropy_explosion: ``entropy_explosion`` bound, a multiple of the starting entropy (3.0).
+        reward_window: rollout batches averaged for the training reward in ``reward_hacking`` (5).
+        pass_drop: fall of Pass@1 below its best that counts for ``reward_hacking`` (0.05).
+        reward_rise: rise of the training reward that counts for ``reward_hacking`` (0.05).
+        spike_factor: a spike is this many times the trailing median (10).
+        spike_window: steps in the trailing median (50).
+        ppo_kl_floor: a ``ppo_kl_spike`` must also exceed this (0.02 nats per token).
+        mismatch_floor: a ``mismatch_spike`` must also exceed this (1e-3).
+        verifier_failure_rate: ``verifier_failures`` bound on the share of timeouts and errors (0.05).
+        stop_on: findings that end the run when they start, after writing a checkpoint (the ModelCheckpoint's
+            ``last.ckpt`` when it keeps one, so ``--ckpt_path last`` continues from there; else
+            ``checkpoints/health-stop-step=N.ckpt``). A resumed run does not stop again for a finding still on.
+        log_every_n_steps: log ``health/*`` every this many steps (None: the trainer's ``log_every_n_steps``)
+            and at every step a finding starts.
+
+    Example:
+        >>> RunHealthMonitor(patience=10, stop_on=["no_learning_signal"])
+        RunHealthMonitor(patience=10, stop_on=['no_learning_signal'])
+    """
+
+    def __init__(
+        self,
+        patience: int = 20,
+        contrast_floor: float = 0.02,
+        truncation_ceiling: float = 0.9,
+        entropy_baseline_steps: int = 10,
+        entropy_collapse: float = 0.05,
+        entropy_explosion: float = 3.0,
+        reward_window: int = 5,
+        pass_drop: float = 0.05,
+        reward_rise: float = 0.05,
+        spike_factor: float = 10.0,
+        spike_window: int = 50,
+        ppo_kl_floor: float = 0.02,
+        mismatch_floor: float = 1e-3,
+        verifier_failure_rate: float = 0.05,
+        stop_on: list[str] | None = None,
+        log_every_n_steps: int | None = None,
+    ) -> None:
+        for option, value in (("patience", patience), ("entropy_baseline_steps", entropy_baseline_steps)):
+            if value < 1:
+                raise ValueError(f"RunHealthMonitor: {option} must be >= 1, got {value}")
+        for option, value in (("reward_window", reward_window), ("spike_window", spike_window)):
+            if value < 3:
+                raise ValueError(f"RunHealthMonitor: {option} must be >= 3, got {value}")
+        unknown = sorted(set(stop_on or ()) - set(FINDINGS))
+        if unknown:
+            raise ValueError(f"RunHealthMonitor: stop_on has unknown findings {unknown}; valid: {', '.join(FINDINGS)}")
+        self.patience, self.contrast_floor, self.truncation_ceiling = patience, contrast_floor, truncation_ceiling
+        self.entropy_baseline_steps = entropy_baseline_steps
+        self.entropy_collapse, self.entropy_explosion = entropy_collapse, entropy_explosion
+        self.reward_window, self.pass_drop, self.reward_rise = reward_window, pass_drop, reward_rise
+        self.spike_factor, self.spike_window = spike_factor, spike_window
+        self.ppo_kl_floor, self.mismatch_floor = ppo_kl_floor, mismatch_floor
+        self.verifier_failure_rate = verifier_failure_rate
+        self.stop_on = list(stop_on or [])
+        self.log_every_n_steps = log_every_n_steps
+        self._reset_state()
+
+    def __repr__(self) -> str:
+        return f"RunHealthMonitor(patience={self.patience}, stop_on={self.stop_on})"
+
+    def _reset_state(self) -> None:
+        self.findings: dict[str, Finding] = {}
+        self.recent: dict[str, list[float]] = {}  # sustained condition → its values on the last `patience` steps
+        self.active: dict[str, bool] = {}
+        self.values: dict[str, float] = {}  # the latest value each finding watches
+        self.entropy_start: list[float] = []
+        self.windows: dict[str, list[float]] = {"grad_norm": [], "ppo_kl": [], "mismatch": []}
+        self.rollout: dict[str, float] = {}  # the latest rollout batch's rollout/* and verifier/* values
+        self.rewards: list[tuple[int, float]] = []  # (step, rollout/reward_mean) per rollout batch
+        self.validations: list[tuple[int, float]] = []  # (step, Pass@1)
+        self.skipped = 0
+        self.last_step = 0
+
+    # --- the rules: a stream of logged values in, findings out -----------------------------------------------
+
+    def observe(self, step: int, metrics: Mapping[str, Any], skipped: bool = False) -> list[Finding]:
+        """Update with one optimizer step's logged values; return the findings that started at this step.
+
+        ``metrics`` maps logged names to numbers (``train/*`` of the step, ``rollout/*`` and ``verifier/*`` on the
+        first step of a rollout batch, ``train/grad_norm``); ``skipped``: the update was skipped (non-finite loss).
+        """
+        m = {k: _number(v) for k, v in metrics.items()}
+        self.last_step = step
+        started: list[Finding] = []
+        fresh = "rollout/reward_mean" in m  # the first step of a rollout batch
+        if fresh:
+            self.rollout = {k: v for k, v in m.items() if k.startswith(("rollout/", "verifier/"))}
+            self.rewards.append((step, m["rollout/reward_mean"]))
+        watched: dict[str, float] = {}  # this step's value of each sustained condition
+        if m.get("train/contrast_fraction") is not None:
+            watched["no_learning_signal"] = m["train/contrast_fraction"]
+        if self.rollout.get("rollout/truncation_rate") is not None:
+            watched["truncation"] = self.rollout["rollout/truncation_rate"]
+        entropy = m.get("train/entropy")
+        if entropy is not None and math.isfinite(entropy):
+            if len(self.entropy_start) < self.entropy_baseline_steps:
+                self.entropy_start.append(entropy)
+            elif (start := statistics.fmean(self.entropy_start)) > 1e-6:
+                watched["entropy_collapse"] = watched["entropy_explosion"] = entropy / start
+        for name, value in watched.items():
+            started += self._sustain(name, step, value)
+
+        if skipped:
+            self.skipped += 1
+            self.values["nonfinite_loss"] = float(self.skipped)
+            started += self._event("nonfinite_loss", step, float(self.skipped))
+        grad_norm = m.get("train/grad_norm")
+        if not skipped and grad_norm is not None and grad_norm > 0:  # 0: no contrast (its own finding)
+            started += self._spike("grad_norm_spike", "grad_norm", step, grad_norm, 0.0)
+        if m.get("train/ppo_kl") is not None:
+            started += self._spike("ppo_kl_spike", "ppo_kl", step, abs(m["train/ppo_kl"]), self.ppo_kl_floor)
+        if fresh and m.get("rollout/mismatch_k3") is not None:
+            started += self._spike("mismatch_spike", "mismatch", step, m["rollout/mismatch_k3"], self.mismatch_floor)
+        if fresh:
+            total = sum(self.rollout.get(f"verifier/{s}", 0.0) for s in GRADED)
+            failed = self.rollout.get("verifier/timeout", 0.0) + self.rollout.get("verifier/error", 0.0)
+            if total > 0:
+                self.values["verifier_failures"] = failed / total
+                if failed / total >= self.verifier_failure_rate:
+                    started += self._event("verifier_failures", step, failed / total)
+        return started
+
+    def observe_validation(self, step: int, pass_at_1: float) -> list[Finding]:
+        """Record a validation's Pass@1; return ``reward_hacking`` if it starts here."""
+        previous = list(self.validations)
+        self.validations.append((step, pass_at_1))
+        if not previous or not self.rewards:
+            return []
+        best_step, best = max(previous, key=lambda v: v[1])
+        drop = best - pass_at_1
+        self.values["reward_hacking"] = drop
+        rise = self._reward_near(step) - self._reward_near(best_step)
+        if drop >= self.pass_drop and rise >= self.reward_rise:
+            return self._event("reward_hacking", step, drop, best=(best_step, best), rise=rise)
+        return []
+
+    def _reward_near(self, step: int) -> float:
+        """Mean training reward of the last ``reward_window`` rollout batches up to ``step`` (or the first ones)."""
+        upto = [r for s, r in self.rewards if s <= step][-self.reward_window :]
+        return statistics.fmean(upto or [r for _, r in self.rewards[: self.reward_window]])
+
+    def _sustain(self, name: str, step: int, value: float) -> list[Finding]:
+        """A sustained condition holds when its mean over the last ``patience`` steps is past its bound."""
+        recent = self.recent.setdefault(name, [])
+        recent.append(value)
+        del recent[: -self.patience]
+        mean = statistics.fmean(recent)
+        self.values[name] = mean
+        bound = {
+            "no_learning_signal": (self.contrast_floor, -1),
+            "truncation": (self.truncation_ceiling, 1),
+            "entropy_collapse": (self.entropy_collapse, -1),
+            "entropy_explosion": (self.entropy_explosion, 1),
+        }[name]
+        holds = len(recent) == self.patience and (mean - bound[0]) * bound[1] >= 0
+        was_active, self.active[name] = self.active.get(name, False), holds
+        if not holds:
+            return []
+        if was_active:
+            self.findings[name].update(step, mean)
+            return []
+        return [self._start(name, step - self.patience + 1, step, mean, count=self.patience)]
+
+    def _event(self, name: str, step: int, value: float, **context: Any) -> list[Finding]:
+        self.active[name] = True  # for this step's health/<name>
+        if name in self.findings:
+            self.findings[name].update(step, value)
+            return []
+        return [self._start(name, step, step, value, count=1, **context)]
+
+    def _spike(self, name: str, window: str, step: int, value: float, floor: float) -> list[Finding]:
+        history = self.windows[window]
+        median = statistics.median(history) if len(history) >= 10 else None
+        history.append(value)
+        del history[: -self.spike_window]
+        if median is None:
+            return []
+        ratio = value / median if median > 0 else math.inf
+        self.values[name] = value
+        if ratio >= self.spike_factor and value > floor:
+            return self._event(name, step, value, ratio=ratio, median=median)
+        return []
+
+    def _start(self, name: str, first: int, step: int, value: float, count: int, **context: Any) -> Finding:
+        finding = self.findings.get(name)
+        if finding is None:
+            message = explain(self, name, first, step, value, count, context)
+            finding = self.findings[name] = Finding(name, first, step, step, count, value, value, message)
+        else:  # a sustained condition that cleared and came back
+            finding.update(step, value)
+            finding.count += count - 1
+            finding.episodes += 1
+        return finding
+
+    # --- Lightning hooks -----------------------------------------------------------------------------------
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step_outputs = outputs if isinstance(outputs, dict) else {}
+        skipped = bool(step_outputs.get("skipped", False))
+        metrics = dict(step_outputs.get("metrics") or {})
+        grad_norm = trainer.callback_metrics.get("train/grad_norm")
+        if grad_norm is not None and not skipped:
+            metrics["train/grad_norm"] = grad_norm
+        step = trainer.global_step
+        started = self.observe(step, metrics, skipped)
+        for finding in started:
+            if finding.episodes == 1:  # said once; a recurrence shows in health/<name> and the summary
+                _say(trainer, f"Run health — {finding.message}")
+        every = self.log_every_n_steps or trainer.log_every_n_steps or 1
+        if started or step % every == 0:
+            self._log(trainer, step)
+        if started:
+            self._write_json(trainer)
+        stop = any(f.name in self.stop_on for f in started)
+        if self.stop_on and trainer.world_size > 1:  # identical inputs on every rank; agree anyway
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            self._stop(trainer, [f.name for f in started if f.name in self.stop_on])
+        for name in EVENTS:  # an event holds for its own step only
+            if name != "reward_hacking":
+                self.active[name] = False
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        scores = {m.group(1): v for k, v in trainer.callback_metrics.items() if (m := _PASS_AT_1.match(k))}
+        if not scores:
+            return
+        pass_at_1 = _number(scores.get("average", next(iter(scores.values()))))
+        started = self.observe_validation(trainer.global_step, pass_at_1)
+        for finding in started:
+            _say(trainer, f"Run health — {finding.message}")
+        self.active["reward_hacking"] = bool(started)
+        if trainer.training or trainer.state.fn == "fit":
+            self._log(trainer, trainer.global_step)
+        if started:
+            self._write_json(trainer)
+        stop = any(f.name in self.stop_on for f in started)
+        if stop and trainer.state.fn == "fit":
+            self._stop(trainer, ["reward_hacking"])
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        _say(trainer, self.summary())
+        self._write_json(trainer)
+
+    def summary(self) -> str:
+        """The findings so far, one line each (or that there were none)."""
+        if not self.findings:
+            return f"Run health: no findings in {self.last_step} steps"
+        lines = [f"Run health: {len(self.findings)} finding(s) in {self.last_step} steps"]
+        lines += [f"  {f.line()}" for f in sorted(self.findings.values(), key=lambda f: f.first_step)]
+        return "\n".join(lines)
+
+    def _log(self, trainer: Trainer, step: int) -> None:
+        metrics = {f"health/{name}": float(self.active.get(name, False)) for name in FINDINGS}
+        metrics |= {f"health/{name}_value": v for name, v in self.values.items() if math.isfinite(v)}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    def _write_json(self, trainer: Trainer) -> None:
+        if not trainer.is_global_zero:
+            return
+        folder = Path(getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        report = {"steps": self.last_step, "findings": [asdict(f) for f in self.findings.values()]}
+        (folder / "health.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    def _stop(self, trainer: Trainer, names: list[str]) -> None:
+        path = _stop_checkpoint(trainer)
+        trainer.save_checkpoint(path)
+        trainer.should_stop = True
+        resume = "last" if path.stem == "last" else str(path)
+        _say(
+            trainer,
+            f"Run health — stopping at step {trainer.global_step} ({', '.join(names)} is in stop_on); checkpoint "
+            f"written to {path}. Fix the cause, then continue with --ckpt_path {resume}",
+        )
+
+    # --- state --------------------------------------------------------------------------------------------
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(patience=self.patience)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "findings": {name: asdict(f) for name, f in self.findings.items()},
+            "recent": {k: list(v) for k, v in self.recent.items()},
+            "active": dict(self.active),
+            "values": dict(self.values),
+            "entropy_start": list(self.entropy_start),
+            "windows": {k: list(v) for k, v in self.windows.items()},
+            "rollout": dict(self.rollout),
+            "rewards": [list(r) for r in self.rewards],
+            "validations": [list(v) for v in self.validations],
+            "skipped": self.skipped,
+            "last_step": self.last_step,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._reset_state()
+        self.findings = {name: Finding(**f) for name, f in state_dict.get("findings", {}).items()}
+        self.recent = {k: list(v) for k, v in state_dict.get("recent", {}).items()}
+        self.active = dict(state_dict.get("active", {}))
+        self.values = dict(state_dict.get("values", {}))
+        self.entropy_start = list(state_dict.get("entropy_start", []))
+        self.windows |= {k: list(v) for k, v in state_dict.get("windows", {}).items()}
+        self.rollout = dict(state_dict.get("rollout", {}))
+        self.rewards = [(int(s), float(r)) for s, r in state_dict.get("rewards", [])]
+        self.validations = [(int(s), float(p)) for s, p in state_dict.get("validations", [])]
+        self.skipped = int(state_dict.get("skipped", 0))
+        self.last_step = int(state_dict.get("last_step", 0))
+
+
+def _number(value: Any) -> float:
+    return float(value.item() if hasattr(value, "item") else value)
+
+
+def _say(trainer: Trainer, text: str) -> None:
+    if trainer.is_global_zero:
+        log.warning(text)
+
+
+def _stop_checkpoint(trainer: Trainer) -> Path:
+    """The ModelCheckpoint's ``last.ckpt`` when it keeps one (``--ckpt_path last`` finds it), else a named file."""
+    callback = trainer.checkpoint_callback
+    dirpath = getattr(callback, "dirpath", None)
+    if dirpath and getattr(callback, "save_last", False):
+        return Path(dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+    folder = (
+        Path(dirpath)
+        if dirpath
+        else Path(getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir) / "checkpoints"
+    )
+    return folder / f"health-stop-step={trainer.global_step}.ckpt"
