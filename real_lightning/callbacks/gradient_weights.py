@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from real_lightning.allocation import allocation_stats
-from real_lightning.callbacks.periodic import PeriodicStepCallback
+from real_lightning.callbacks.periodic import PeriodicStepCallback, logger_step
 from real_lightning.groups import NEGATIVE, POSITIVE
 
 
@@ -30,6 +30,9 @@ class GradientWeightMonitor(PeriodicStepCallback):
     - optionally every rollout (step, group, label, score, weight, length) to
       ``<log_dir>/<records_dir>/step_XXXXXXX.parquet`` (one file per logged step: a resumed run
       rewrites the same names, never duplicates them; read the folder with ``pandas.read_parquet``).
+
+    Logger events carry Lightning's step of the same batch's ``train/*`` scalars (optimizer steps before this
+    one); the records' ``step`` is the optimizer steps taken, this one included.
 
     Weights are ``grad_weights`` as the loss reports them: Z·∂loss/∂s_i, per group for REAL (bounded
     by 1/τ), per sequence for GRPO/DAPO/GSPO.
@@ -63,13 +66,14 @@ class GradientWeightMonitor(PeriodicStepCallback):
         weights, scores, labels = out.metrics["grad_weights"], out.metrics["scores"], out.metrics["labels"]
         stats = allocation_stats(weights, scores, labels, rollouts.group_ids)
         metrics = {f"weights/{k}": float(v) for k, v in stats.items()}
+        logged_at = logger_step(trainer)
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+            logger.log_metrics(metrics, step=logged_at)
             if self.histograms and isinstance(logger, TensorBoardLogger):
                 for name, label in (("positive", POSITIVE), ("negative", NEGATIVE)):
                     values = weights[labels == label].detach().float().cpu()
                     if values.numel():
-                        logger.experiment.add_histogram(f"weights/{name}", values, global_step=step)
+                        logger.experiment.add_histogram(f"weights/{name}", values, global_step=logged_at)
         if self.records_dir and trainer.is_global_zero:
             self._write_records(trainer, step, weights, scores, labels, rollouts)
         self.mark_done(trainer)

@@ -10,6 +10,16 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 
+def logger_step(trainer: Trainer) -> int:
+    """The step Lightning gives what the current training batch logs (``self.log``): the optimizer steps before it
+    (as Lightning's own ``LearningRateMonitor`` does).
+
+    Events written at it line up with ``train/*`` and, on a resume from a checkpoint written after this batch,
+    are kept: a resume drops the events at the checkpoint's step and later (:mod:`real_lightning.resume`).
+    """
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
 class PeriodicStepCallback(Callback):
     """Gate :meth:`due` on every ``every_n_steps``-th optimizer step, each step at most once.
 

@@ -8,7 +8,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from typing_extensions import override
 
-from real_lightning.callbacks.periodic import PeriodicStepCallback
+from real_lightning.callbacks.periodic import PeriodicStepCallback, logger_step
 from real_lightning.verifiers.answers import describe_ground_truth
 
 
@@ -65,7 +65,7 @@ class RolloutSampleLogger(PeriodicStepCallback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        step = trainer.global_step
+        step = logger_step(trainer)
         _, rollouts = self.step_outputs(outputs)
         if rollouts is None or not len(rollouts) or not self.due(trainer):
             return

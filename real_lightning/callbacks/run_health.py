@@ -24,6 +24,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
 from real_lightning.callbacks.health_advice import GRADED, explain
+from real_lightning.callbacks.periodic import logger_step
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +308,7 @@ class RunHealthMonitor(Callback):
                 _say(trainer, f"Run health — {finding.message}")
         every = self.log_every_n_steps or trainer.log_every_n_steps or 1
         if started or step % every == 0:
-            self._log(trainer, step)
+            self._log(trainer)
         if started:
             self._write_json(trainer)
         stop = any(f.name in self.stop_on for f in started)
@@ -331,8 +332,8 @@ class RunHealthMonitor(Callback):
         for finding in started:
             _say(trainer, f"Run health — {finding.message}")
         self.active["reward_hacking"] = bool(started)
-        if trainer.training or trainer.state.fn == "fit":
-            self._log(trainer, trainer.global_step)
+        if trainer.state.fn == "fit":
+            self._log(trainer)
         if started:
             self._write_json(trainer)
         stop = any(f.name in self.stop_on for f in started)
@@ -352,11 +353,12 @@ class RunHealthMonitor(Callback):
         lines += [f"  {f.line()}" for f in sorted(self.findings.values(), key=lambda f: f.first_step)]
         return "\n".join(lines)
 
-    def _log(self, trainer: Trainer, step: int) -> None:
+    def _log(self, trainer: Trainer) -> None:
+        """``health/*`` at Lightning's step of this batch's ``train/*`` (kept by a resume from this step)."""
         metrics = {f"health/{name}": float(self.active.get(name, False)) for name in FINDINGS}
         metrics |= {f"health/{name}_value": v for name, v in self.values.items() if math.isfinite(v)}
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+            logger.log_metrics(metrics, step=logger_step(trainer))
 
     def _write_json(self, trainer: Trainer) -> None:
         if not trainer.is_global_zero:

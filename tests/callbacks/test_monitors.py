@@ -77,7 +77,7 @@ def test_event_files_hold_histograms_scalars_and_samples(policy_dir, tmp_path) -
         "rank_corr_neg",
     ):
         assert f"weights/{name}" in scalars, name
-    assert [e.step for e in events.Scalars("weights/pos_abs_max")] == [1, 2]
+    assert [e.step for e in events.Scalars("weights/pos_abs_max")] == [0, 1]  # Lightning's step, as train/*
     text = events.Tensors("rollouts/samples/text_summary")[0].tensor_proto.string_val[0].decode()
     assert text.startswith("| prompt | response | ground truth | reward |") and text.count("\n") == 4
 
@@ -98,4 +98,4 @@ def test_resume_keeps_steps_without_duplicates_or_gaps(policy_dir, tmp_path) -> 
     files = sorted(p.name for p in (tmp_path / "run" / "version_0" / "gradient_weights").iterdir())
     assert files == [f"step_{s:07d}.parquet" for s in (1, 2, 3, 4)]
     steps = [e.step for e in _events(tmp_path).Scalars("weights/pos_abs_max")]
-    assert sorted(set(steps)) == [1, 2, 3, 4] and len(steps) == 4
+    assert sorted(set(steps)) == [0, 1, 2, 3] and len(steps) == 4  # optimizer steps 1–4 at Lightning's steps

@@ -71,8 +71,9 @@ def test_too_few_new_tokens_for_any_answer(policy_dir, tmp_path, caplog) -> None
     assert said[-1].startswith("Run health: 2 finding(s) in 6 steps")  # the summary at the end of fit
     assert "no_learning_signal  steps 1–6 (6 steps)" in said[-1]
     logged = scalars(tmp_path, "health/no_learning_signal")
-    assert logged == {1: 0.0, 2: 0.0, 3: 1.0, 4: 1.0, 5: 1.0, 6: 1.0}
-    assert scalars(tmp_path, "health/no_learning_signal_value")[6] == 0.0
+    assert logged == {0: 0.0, 1: 0.0, 2: 1.0, 3: 1.0, 4: 1.0, 5: 1.0}  # steps 1–6 at Lightning's steps, as train/*
+    assert scalars(tmp_path, "health/no_learning_signal_value")[5] == 0.0
+    assert sorted(scalars(tmp_path, "train/contrast_fraction")) == sorted(logged)
     assert set(scalars(tmp_path, "health/entropy_collapse").values()) == {0.0}
     report = json.loads((tmp_path / "run" / "version_0" / "health.json").read_text())
     assert report["steps"] == 6 and {f["name"] for f in report["findings"]} == set(monitor.findings)
