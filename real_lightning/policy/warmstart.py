@@ -1,6 +1,7 @@
 """Build the shipped tiny policy: a fresh tiny Qwen2 trained by supervised fine-tuning until partial accuracy.
 
     python -m real_lightning.policy.warmstart --out real_lightning/assets/tiny-arithmetic-policy
+    python -m real_lightning.policy.warmstart --out runs/tiny-add3 --digits 3 --init builtin:tiny   # a harder task
 
 Supervised steps on ``a+b=`` → ``\\boxed{a+b}<eos>`` stop as soon as Pass@1 on a dev slice of the
 *training* split (temperature 1.0) reaches ``--target``: reinforcement learning then starts from
@@ -21,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Qwen2ForCausa
 
 from real_lightning.data.arithmetic import ArithmeticTask
 from real_lightning.data.records import PromptRecord
-from real_lightning.policy.loading import TINY_POLICY_DIR
+from real_lightning.policy.loading import TINY_POLICY_DIR, load_policy
 from real_lightning.policy.tiny import build_char_tokenizer, tiny_qwen2_config
 from real_lightning.rollout.hf import HFEngine
 from real_lightning.rollout.scoring import Scorer
@@ -72,15 +73,28 @@ def warm_start(
     eval_every: int = 5,
     max_steps: int = 3000,
     max_new_tokens: int = 12,
+    task: ArithmeticTask | None = None,
+    init: str | None = None,
 ) -> dict[str, float]:
-    """Train, stop at the target dev Pass@1, save model + tokenizer + ``warmstart.json`` to ``out``."""
+    """Train, stop at the target dev Pass@1, save model + tokenizer + ``warmstart.json`` to ``out``.
+
+    ``task``: the built-in arithmetic task to learn (default: 2-digit addition, the shipped policy's);
+    ``init``: start from this policy (a path or ``builtin:tiny``) instead of fresh random weights.
+    """
     torch.manual_seed(seed)
-    task = ArithmeticTask()
+    task = task or ArithmeticTask()
     train = task.records("train")
     generator = torch.Generator().manual_seed(seed)
     dev = [train[i] for i in torch.randperm(len(train), generator=generator)[:128].tolist()]
     tokenizer = build_char_tokenizer()
-    policy = Qwen2ForCausalLM(tiny_qwen2_config(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id))
+    if init is None:
+        policy = Qwen2ForCausalLM(tiny_qwen2_config(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id))
+    else:
+        policy = load_policy(init, torch.float32)
+        if policy.config.vocab_size != len(tokenizer):
+            raise ValueError(
+                f"--init {init}: vocabulary of {policy.config.vocab_size}, the task's has {len(tokenizer)}"
+            )
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr)
     start, step, dev_score = time.perf_counter(), 0, 0.0
     while step < max_steps:
@@ -108,6 +122,8 @@ def warm_start(
         "dev_pass_at_1": dev_score,
         "held_out_pass_at_1": held_out,
         "target": target,
+        "task": {"digits": task.digits, "operations": list(task.operations)},
+        "init": init,
         "seed": seed,
         "lr": lr,
         "batch_size": batch_size,
@@ -126,9 +142,17 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.3, help="dev Pass@1 at which supervised training stops")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--digits", type=int, default=2, help="operand digits of the arithmetic task")
+    parser.add_argument("--operations", default="+", help="operations of the task, e.g. '+-'")
+    parser.add_argument("--max-new-tokens", type=int, default=12, help="response budget when measuring Pass@1")
+    parser.add_argument("--init", help="start from this policy (path or builtin:tiny) instead of random weights")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    print(json.dumps(warm_start(args.out, args.target, args.seed, args.lr), indent=2))
+    task = ArithmeticTask(digits=args.digits, operations=tuple(args.operations))
+    summary = warm_start(
+        args.out, args.target, args.seed, args.lr, max_new_tokens=args.max_new_tokens, task=task, init=args.init
+    )
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,93 @@
+"""benchmarks/replicate.py: the paper's loss settings, the lr choice, a killed sweep that continues exactly,
+and the summary the report and the notebook read."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import replicate  # noqa: E402
+
+# a tiny version of the regime: 4 prompts × 4 rollouts, 2 mini-batches per rollout batch, 8 held-out prompts
+SMALL = [
+    "--data.schedule.prompts_per_rollout", "4",
+    "--data.schedule.rollouts_per_prompt", "4",
+    "--data.schedule.prompts_per_minibatch", "2",
+    "--data.engine.init_args.max_new_tokens", "12",
+    "--data.val.held_out.limit", "8",
+    "--data.validation.prompts_per_batch", "8",
+    "--data.validation.samples", "4",
+    "--pass_at_k.ks", "[1, 4]",
+    "--trainer.val_check_interval", "30",
+]  # fmt: skip
+
+
+def sweep(out: Path, *args: str, extra: list[str] = (), check: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / "benchmarks" / "replicate.py"), "--out", str(out), "--policy", "builtin:tiny"]
+    command += ["--digits", "2", *args, "--", *SMALL, *extra]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_loss_settings_are_the_paper_recipes() -> None:
+    assert replicate.loss_arguments("real") == ["--model.loss", "real", "--model.loss_kwargs", '{"tau": 0.5}']
+    grpo = replicate.loss_arguments("grpo")
+    assert grpo[:4] == ["--model.loss", "grpo", "--model.loss_kwargs", '{"clip_low": 0.2, "clip_high": 0.2}']
+    assert grpo[4:] == ["--model.kl_coef", "0.001", "--model.kl_estimator", "k3", "--model.kl_clamp", "10.0"]
+    assert json.loads(replicate.loss_arguments("dapo")[3]) == {"clip_low": 0.2, "clip_high": 0.28}
+    assert json.loads(replicate.loss_arguments("gspo")[3])["log_ratio_clamp"] == 10.0
+    config = yaml.safe_load((REPO / "configs" / "replication.yaml").read_text())
+    assert config["data"]["schedule"]["prompts_per_rollout"] == 4 * config["data"]["schedule"]["prompts_per_minibatch"]
+
+
+def test_the_lr_with_the_best_late_training_reward_is_chosen(tmp_path) -> None:
+    rewards = {("real", 1e-4): 0.5, ("real", 3e-4): 0.7, ("grpo", 1e-4): 0.6, ("grpo", 3e-4): 0.6}
+    for (loss, lr), reward in rewards.items():
+        folder = replicate.Run("lr", loss, lr, 0, 10).folder(tmp_path)
+        folder.mkdir(parents=True)
+        (folder / "done.json").write_text(json.dumps({"steps": 10, "final_reward": reward}))
+    assert replicate.choose_lrs(tmp_path, ["real", "grpo"], [1e-4, 3e-4], 10) == {"real": 3e-4, "grpo": 1e-4}
+    with pytest.raises(SystemExit, match=r"has not finished real lr 0\.001 seed 0"):
+        replicate.choose_lrs(tmp_path, ["real"], [1e-3], 10)
+
+
+def test_a_killed_sweep_continues_exactly_and_summarizes(tmp_path) -> None:
+    """The first main run is SIGKILLed at step 55 (after its checkpoint at 50); the sweep started again continues
+    it from there and runs the rest. Its curves equal those of a sweep that was never stopped."""
+    common = ["--losses", "real", "grpo", "--seeds", "0", "--lrs", "1e-3", "--lr-steps", "2", "--steps", "60"]
+    kill = ["--trainer.callbacks+=tests.pipeline.callbacks_for_tests.KillAtStep", "--trainer.callbacks.step=55"]
+    killed = sweep(tmp_path / "a", "--stages", "lr", "main", *common, extra=kill, check=False)
+    assert killed.returncode != 0 and "real-lightning fit exited with -9" in killed.stdout + killed.stderr
+    assert "[2/2] lr grpo lr 0.001 seed 0: 2 steps" in killed.stdout
+    assert "main-stage lr per loss: real 0.001, grpo 0.001" in killed.stdout
+    again = sweep(tmp_path / "a", "--stages", "lr", "main", *common)
+    assert "[2/2] lr grpo lr 0.001 seed 0: done (2 steps)" in again.stdout
+    assert "[1/2] main real lr 0.001 seed 0: continuing from its last checkpoint" in again.stdout
+    straight = sweep(tmp_path / "b", "--stages", "main", "--lr", "1e-3", *common)
+    assert "continuing" not in straight.stdout
+    for folder in (tmp_path / "a" / "main").glob("*/*"):
+        resumed = json.loads((folder / "done.json").read_text())["curves"]
+        expected = json.loads((tmp_path / "b" / folder.relative_to(tmp_path / "a") / "done.json").read_text())
+        assert resumed == expected["curves"], folder
+        assert [s for s, _ in resumed["train/entropy"]] == list(range(4, 60, 5))  # no step twice or missing
+        assert [s for s, _ in resumed["val/held_out/pass@1"]] == [0, 29, 59]  # before fit, every 30 steps
+    summary = tmp_path / "summary.json"
+    subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "replicate.py"), "--out", str(tmp_path / "a"), "--seeds", "0",
+         "--summary", str(summary)], check=True, cwd=REPO,
+    )  # fmt: skip
+    data = json.loads(summary.read_text())
+    assert set(data["lr_sweep"]) == set(data["main"]) == {"real", "grpo"}
+    assert len(data["lr_sweep"]["real"]) == len(data["main"]["grpo"]) == 1
+    weights = data["weights"]["real"]
+    assert len(set(weights["step"])) == 3 and len(weights["weight"]) == len(weights["score"]) > 0
