@@ -83,7 +83,8 @@ class RunHealthMonitor(Callback):
     - ``nonfinite_loss`` [skipped updates so far] (event): an update skipped for a non-finite loss;
     - ``grad_norm_spike`` / ``ppo_kl_spike`` / ``mismatch_spike`` [the value] (events): train/grad_norm,
       |train/ppo_kl| or rollout/mismatch_k3 ≥ ``spike_factor`` × its median over the last ``spike_window``
-      steps (once 10 are seen; zero gradient norms left out) and above ``ppo_kl_floor`` / ``mismatch_floor``;
+      steps (once 10 are seen; zeros left out: no contrast, or π_θ = π_old) and above ``ppo_kl_floor`` /
+      ``mismatch_floor``;
     - ``verifier_failures`` [share] (event): ≥ ``verifier_failure_rate`` of a rollout batch's responses timed out
       or raised in the verifier (they score 0).
 
@@ -202,7 +203,7 @@ class RunHealthMonitor(Callback):
             self.values["nonfinite_loss"] = float(self.skipped)
             started += self._event("nonfinite_loss", step, float(self.skipped))
         grad_norm = m.get("train/grad_norm")
-        if not skipped and grad_norm is not None and grad_norm > 0:  # 0: no contrast (its own finding)
+        if not skipped and grad_norm is not None:
             started += self._spike("grad_norm_spike", "grad_norm", step, grad_norm, 0.0)
         if m.get("train/ppo_kl") is not None:
             started += self._spike("ppo_kl_spike", "ppo_kl", step, abs(m["train/ppo_kl"]), self.ppo_kl_floor)
@@ -266,6 +267,8 @@ class RunHealthMonitor(Callback):
         return [self._start(name, step, step, value, count=1, **context)]
 
     def _spike(self, name: str, window: str, step: int, value: float, floor: float) -> list[Finding]:
+        if value == 0:  # an on-policy first mini-batch (ppo_kl) or a step without contrast: no information
+            return []
         history = self.windows[window]
         median = statistics.median(history) if len(history) >= 10 else None
         history.append(value)
