@@ -202,6 +202,27 @@ def collect(out: Path, path: Path, seeds: list[int]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, separators=(",", ":")) + "\n")
     print(f"summary: {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    if summary["lr_sweep"]:
+        print(lr_sweep_table(summary["lr_sweep"]))
+
+
+def lr_sweep_table(sweep: dict[str, dict[str, dict]]) -> str:
+    """Markdown: per loss and lr, the late training reward (the choice), held-out Pass@1 at the start and end, and
+    the run-health findings."""
+    lines = [
+        "| loss | lr | training reward, last quarter | held-out Pass@1 | health findings |",
+        "|---|---|---|---|---|",
+    ]
+    for loss in [name for name in LOSSES if name in sweep]:
+        runs = sweep[loss]
+        best = max(runs, key=lambda r: (runs[r]["final_reward"], -float(r.split("-")[0][2:])))
+        for run, record in sorted(runs.items(), key=lambda item: float(item[0].split("-")[0][2:])):
+            pass1 = record["curves"].get("val/held_out/pass@1", [])
+            change = f"{pass1[0][1]:.3f} → {pass1[-1][1]:.3f}" if pass1 else "–"
+            reward = f"**{record['final_reward']:.3f}**" if run == best else f"{record['final_reward']:.3f}"
+            findings = ", ".join(f["name"] for f in record["health"]) or "–"
+            lines.append(f"| {loss} | {run.split('-')[0][2:]} | {reward} | {change} | {findings} |")
+    return "\n".join(lines)
 
 
 def sample_weights(out: Path, seed: int, picks: int = 3) -> dict[str, dict[str, list]]:
