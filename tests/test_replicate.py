@@ -57,6 +57,14 @@ def test_the_lr_with_the_best_late_training_reward_is_chosen(tmp_path) -> None:
         folder.mkdir(parents=True)
         (folder / "done.json").write_text(json.dumps({"steps": 10, "final_reward": reward}))
     assert replicate.choose_lrs(tmp_path, ["real", "grpo"], [1e-4, 3e-4], 10) == {"real": 3e-4, "grpo": 1e-4}
+    record = {"final_reward": 0.5, "curves": {"val/held_out/pass@1": [[0, 0.25], [199, 0.5]]}, "health": []}
+    table = replicate.lr_sweep_table(
+        {"real": {"lr3e-05-seed0": record, "lr0.0001-seed0": {**record, "final_reward": 0.6}}}
+    )
+    assert table.splitlines()[2:] == [
+        "| real | 3e-05 | 0.500 | 0.250 → 0.500 | – |",
+        "| real | 0.0001 | **0.600** | 0.250 → 0.500 | – |",
+    ]
     with pytest.raises(SystemExit, match=r"has not finished real lr 0\.001 seed 0"):
         replicate.choose_lrs(tmp_path, ["real"], [1e-3], 10)
 
