@@ -118,8 +118,9 @@ def execute(run: Run, out: Path, policy: str, extra: list[str], index: int, tota
     """Run (or continue) one fit; print one line when it starts and one when it ends."""
     folder = run.folder(out)
     label = f"[{index}/{total}] {run.stage} {run.name}"
-    if done_steps(folder) >= run.steps:
-        print(f"{label}: done ({done_steps(folder)} steps)", flush=True)
+    finished = done_steps(folder)
+    if finished >= run.steps:
+        print(f"{label}: done ({finished} steps)", flush=True)
         return
     folder.mkdir(parents=True, exist_ok=True)
     args = fit_arguments(run, out, policy, extra)

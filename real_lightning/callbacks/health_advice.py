@@ -7,10 +7,10 @@ import statistics
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from real_lightning.verifiers.math import STATUSES
+
 if TYPE_CHECKING:
     from real_lightning.callbacks.run_health import RunHealthMonitor
-
-GRADED = ("correct", "incorrect", "no_answer", "timeout", "error")  # verifier statuses: one per response
 
 
 def explain(
@@ -57,7 +57,7 @@ def explain(
             advice = "raise data.schedule.rollouts_per_prompt or the sampling temperature"
     elif name == "truncation":
         zeroed = rollout.get("verifier/truncated_zeroed")
-        total = sum(rollout.get(f"verifier/{s}", 0.0) for s in GRADED)
+        total = graded_total(rollout)
         correct = ""
         if zeroed is not None and total > 0 and truncation > 0:
             correct = f", {zeroed / (truncation * total):.0%} of them with a correct answer that scored 0"
@@ -130,6 +130,12 @@ def explain(
     return f"{what}\n  Likely cause: {cause}.\n  Try: {advice}."
 
 
+def graded_total(rollout: Mapping[str, float]) -> float:
+    """Responses the verifier graded in a rollout batch: the sum of its ``verifier/<status>`` counts."""
+    return sum(rollout.get(f"verifier/{status}", 0.0) for status in STATUSES)
+
+
 def _share(rollout: Mapping[str, float], status: str) -> float:
-    total = sum(rollout.get(f"verifier/{s}", 0.0) for s in GRADED)
+    """Share of a rollout batch's graded responses with ``status`` (0 when none was graded)."""
+    total = graded_total(rollout)
     return rollout.get(f"verifier/{status}", 0.0) / total if total > 0 else 0.0

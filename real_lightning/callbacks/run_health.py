@@ -23,7 +23,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
-from real_lightning.callbacks.health_advice import GRADED, explain
+from real_lightning.callbacks.health_advice import explain, graded_total
 from real_lightning.callbacks.periodic import logger_step
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,13 @@ class RunHealthMonitor(Callback):
         self.verifier_failure_rate = verifier_failure_rate
         self.stop_on = list(stop_on or [])
         self.log_every_n_steps = log_every_n_steps
+        # sustained condition → (bound, direction): it holds while (mean - bound) * direction >= 0
+        self._bounds: dict[str, tuple[float, int]] = {
+            "no_learning_signal": (contrast_floor, -1),
+            "truncation": (truncation_ceiling, 1),
+            "entropy_collapse": (entropy_collapse, -1),
+            "entropy_explosion": (entropy_explosion, 1),
+        }
         self._reset_state()
 
     def __repr__(self) -> str:
@@ -210,7 +217,7 @@ class RunHealthMonitor(Callback):
         if fresh and m.get("rollout/mismatch_k3") is not None:
             started += self._spike("mismatch_spike", "mismatch", step, m["rollout/mismatch_k3"], self.mismatch_floor)
         if fresh:
-            total = sum(self.rollout.get(f"verifier/{s}", 0.0) for s in GRADED)
+            total = graded_total(self.rollout)
             failed = self.rollout.get("verifier/timeout", 0.0) + self.rollout.get("verifier/error", 0.0)
             if total > 0:
                 self.values["verifier_failures"] = failed / total
@@ -244,13 +251,8 @@ class RunHealthMonitor(Callback):
         del recent[: -self.patience]
         mean = statistics.fmean(recent)
         self.values[name] = mean
-        bound = {
-            "no_learning_signal": (self.contrast_floor, -1),
-            "truncation": (self.truncation_ceiling, 1),
-            "entropy_collapse": (self.entropy_collapse, -1),
-            "entropy_explosion": (self.entropy_explosion, 1),
-        }[name]
-        holds = len(recent) == self.patience and (mean - bound[0]) * bound[1] >= 0
+        bound, direction = self._bounds[name]
+        holds = len(recent) == self.patience and (mean - bound) * direction >= 0
         was_active, self.active[name] = self.active.get(name, False), holds
         if not holds:
             return []
