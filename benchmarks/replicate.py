@@ -201,10 +201,22 @@ def collect(out: Path, path: Path, seeds: list[int]) -> None:
             summary["lr_sweep" if stage == "lr" else "main"].setdefault(loss, {})[run] = record
     summary["weights"] = sample_weights(out, seeds[0]) if seeds else {}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, separators=(",", ":")) + "\n")
+    path.write_text(json.dumps(rounded(summary), separators=(",", ":")) + "\n")
     print(f"summary: {path} ({path.stat().st_size / 1024:.0f} KiB)")
     if summary["lr_sweep"]:
         print(lr_sweep_table(summary["lr_sweep"]))
+
+
+def rounded(value: object, digits: int = 6) -> object:
+    """``value`` with every float rounded to ``digits`` significant digits (the summary is committed, and the
+    digits past the sixth are noise that only adds to its size)."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {key: rounded(item, digits) for key, item in value.items()}
+    if isinstance(value, list):
+        return [rounded(item, digits) for item in value]
+    return value
 
 
 def lr_sweep_table(sweep: dict[str, dict[str, dict]]) -> str:
@@ -231,20 +243,22 @@ def _folder_lr(name: str) -> float:
     return float(name.rsplit("-seed", 1)[0].removeprefix("lr"))
 
 
-def sample_weights(out: Path, seed: int, picks: int = 3) -> dict[str, dict[str, list]]:
-    """Per loss, the per-rollout (step, label, score, weight) records of ``picks`` steps (first, middle, last) of
-    the main run with ``seed``: the measured allocation the notebook plots next to the closed forms."""
+def sample_weights(out: Path, seed: int, picks: int = 6) -> dict[str, dict[str, list]]:
+    """Per loss, the per-rollout (step, group, label, score, weight) records of ``picks`` steps of the main run with
+    ``seed``, spread evenly over the run among its off-policy steps (a rollout batch's first mini-batch is on-policy:
+    every score is 0 there, which shows no allocation): the measured allocation the notebook plots."""
     import pandas as pd
 
     samples = {}
     for folder in sorted((out / "main").glob(f"*/*-seed{seed}")):
         records = folder / "tb" / "version_0" / "gradient_weights"
-        files = sorted(records.glob("step_*.parquet")) if records.exists() else []
-        if not files:
+        tables = [pd.read_parquet(f) for f in sorted(records.glob("step_*.parquet"))] if records.exists() else []
+        off_policy = [t for t in tables if (t["score"] != 0).any()]
+        if not off_policy:
             continue
-        chosen = sorted({files[0], files[len(files) // 2], files[-1]})[:picks]
-        table = pd.concat([pd.read_parquet(f) for f in chosen])
-        samples[folder.parent.name] = {c: table[c].tolist() for c in ("step", "label", "score", "weight")}
+        chosen = sorted({round(i * (len(off_policy) - 1) / max(picks - 1, 1)) for i in range(picks)})
+        table = pd.concat([off_policy[i] for i in chosen])
+        samples[folder.parent.name] = {c: table[c].tolist() for c in ("step", "group", "label", "score", "weight")}
     return samples
 
 

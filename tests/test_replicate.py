@@ -98,4 +98,27 @@ def test_a_killed_sweep_continues_exactly_and_summarizes(tmp_path) -> None:
     assert set(data["lr_sweep"]) == set(data["main"]) == {"real", "grpo"}
     assert len(data["lr_sweep"]["real"]) == len(data["main"]["grpo"]) == 1
     weights = data["weights"]["real"]
-    assert len(set(weights["step"])) == 3 and len(weights["weight"]) == len(weights["score"]) > 0
+    assert 2 <= len(set(weights["step"])) <= 6 and len(weights["weight"]) == len(weights["score"]) > 0
+    for step in set(weights["step"]):  # only off-policy steps: some score is not 0
+        assert any(sc != 0 for st, sc in zip(weights["step"], weights["score"], strict=True) if st == step)
+
+
+def test_weight_samples_spread_over_the_off_policy_steps(tmp_path) -> None:
+    """Records of steps 5..60; steps 5, 15, 25, ... are on-policy (every score 0) and never sampled."""
+    import pandas as pd
+
+    records = tmp_path / "main" / "real" / "lr0.0001-seed0" / "tb" / "version_0" / "gradient_weights"
+    records.mkdir(parents=True)
+    for step in range(5, 61, 5):
+        score = 0.0 if step % 10 == 5 else step / 1000
+        table = {"step": [step] * 2, "group": [0, 0], "label": [1, 0], "score": [score, -score], "weight": [-1.0, 1.0]}
+        pd.DataFrame(table).to_parquet(records / f"step_{step:07d}.parquet")
+    samples = replicate.sample_weights(tmp_path, seed=0, picks=3)
+    assert sorted(set(samples["real"]["step"])) == [10, 30, 60]  # first, middle and last of 10, 20, ..., 60
+    assert samples["real"]["score"][:2] == [0.01, -0.01] and samples["real"]["group"][:2] == [0, 0]
+    assert replicate.sample_weights(tmp_path, seed=1) == {}
+
+
+def test_summary_floats_keep_six_significant_digits() -> None:
+    value = {"a": [[4, 0.123456789], [5, 1.0]], "b": 12345.678901, "c": "text"}
+    assert replicate.rounded(value) == {"a": [[4, 0.123457], [5, 1.0]], "b": 12345.7, "c": "text"}
