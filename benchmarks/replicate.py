@@ -228,19 +228,20 @@ def lr_sweep_table(sweep: dict[str, dict[str, dict]]) -> str:
     ]
     for loss in [name for name in LOSSES if name in sweep]:
         runs = sweep[loss]
-        best = max(runs, key=lambda r: (runs[r]["final_reward"], -_folder_lr(r)))
-        for run, record in sorted(runs.items(), key=lambda item: _folder_lr(item[0])):
+        best = max(runs, key=lambda r: (runs[r]["final_reward"], -parse_folder(r)[0]))
+        for run, record in sorted(runs.items(), key=lambda item: parse_folder(item[0])[0]):
             pass1 = record["curves"].get("val/held_out/pass@1", [])
             change = f"{pass1[0][1]:.3f} → {pass1[-1][1]:.3f}" if pass1 else "–"
             reward = f"**{record['final_reward']:.3f}**" if run == best else f"{record['final_reward']:.3f}"
             findings = ", ".join(f["name"] for f in record["health"]) or "–"
-            lines.append(f"| {loss} | {_folder_lr(run):g} | {reward} | {change} | {findings} |")
+            lines.append(f"| {loss} | {parse_folder(run)[0]:g} | {reward} | {change} | {findings} |")
     return "\n".join(lines)
 
 
-def _folder_lr(name: str) -> float:
-    """The lr of a run folder named ``lr<lr>-seed<seed>`` (``lr3e-05-seed0`` → 3e-05)."""
-    return float(name.rsplit("-seed", 1)[0].removeprefix("lr"))
+def parse_folder(name: str) -> tuple[float, int]:
+    """The lr and seed of a run folder named as :meth:`Run.folder` names it (``lr3e-05-seed2`` → (3e-05, 2))."""
+    lr, seed = name.removeprefix("lr").rsplit("-seed", 1)
+    return float(lr), int(seed)
 
 
 def sample_weights(out: Path, seed: int, picks: int = 6) -> dict[str, dict[str, list]]:

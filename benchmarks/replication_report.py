@@ -28,8 +28,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from replicate import LOSSES, parse_folder
 
-LOSSES = ("real", "real_bce", "grpo", "dapo", "gspo")
 COLORS = {"real": "tab:blue", "real_bce": "tab:cyan", "grpo": "tab:orange", "dapo": "tab:red", "gspo": "tab:green"}
 PASS1, PASS8 = "val/held_out/pass@1", "val/held_out/pass@8"
 ALLOCATION = ("domination_mean", "domination_max", "pos_zero_fraction", "rank_corr_pos", "rank_corr_neg")
@@ -58,13 +58,13 @@ def loss_of(label: str) -> str:
 
 
 def lr_of(run: str) -> str:
-    """``lr0.0001-seed2`` → ``"0.0001"``."""
-    return run.rsplit("-seed", 1)[0].removeprefix("lr")
+    """``lr0.0001-seed2`` → ``"0.0001"`` (as the folder writes it)."""
+    return f"{parse_folder(run)[0]:g}"
 
 
 def seed_of(run: str) -> int:
     """``lr0.0001-seed2`` → 2."""
-    return int(run.rsplit("-seed", 1)[1])
+    return parse_folder(run)[1]
 
 
 def value_at(curve: Curve, step: int) -> float:

@@ -63,6 +63,15 @@ class Finding:
         self.worst = min(self.worst, value) if self.name in _LOW else max(self.worst, value)
 
 
+# sustained condition → (the option holding its bound, direction): it holds while (mean − bound) · direction ≥ 0
+_SUSTAINED_BOUNDS: dict[str, tuple[str, int]] = {
+    "no_learning_signal": ("contrast_floor", -1),
+    "truncation": ("truncation_ceiling", 1),
+    "entropy_collapse": ("entropy_collapse", -1),
+    "entropy_explosion": ("entropy_explosion", 1),
+}
+
+
 class RunHealthMonitor(Callback):
     """Say when a run has stopped learning, why, and what to try (see the module docstring).
 
@@ -151,13 +160,6 @@ class RunHealthMonitor(Callback):
         self.verifier_failure_rate = verifier_failure_rate
         self.stop_on = list(stop_on or [])
         self.log_every_n_steps = log_every_n_steps
-        # sustained condition → (bound, direction): it holds while (mean - bound) * direction >= 0
-        self._bounds: dict[str, tuple[float, int]] = {
-            "no_learning_signal": (contrast_floor, -1),
-            "truncation": (truncation_ceiling, 1),
-            "entropy_collapse": (entropy_collapse, -1),
-            "entropy_explosion": (entropy_explosion, 1),
-        }
         self._reset_state()
 
     def __repr__(self) -> str:
@@ -251,8 +253,8 @@ class RunHealthMonitor(Callback):
         del recent[: -self.patience]
         mean = statistics.fmean(recent)
         self.values[name] = mean
-        bound, direction = self._bounds[name]
-        holds = len(recent) == self.patience and (mean - bound) * direction >= 0
+        option, direction = _SUSTAINED_BOUNDS[name]
+        holds = len(recent) == self.patience and (mean - getattr(self, option)) * direction >= 0
         was_active, self.active[name] = self.active.get(name, False), holds
         if not holds:
             return []
