@@ -159,7 +159,6 @@ def accumulate_step(
         sums[name] = sums.get(name, torch.zeros((), dtype=torch.float64)) + torch.as_tensor(value).double().cpu()
 
     outputs: list[dict[str, Tensor]] = []
-    logged_keys: set[str] = set()
     mismatch_max = 0.0
     for i in range(all_reduce_max(len(micro))):
         if i >= len(micro):
@@ -216,7 +215,7 @@ def accumulate_step(
         for name in _TOKEN_WEIGHTED:
             if name in out.metrics:
                 add(name, out.metrics[name] * tokens)
-                logged_keys.add(name)
+                add(f"has_{name}", 1.0)  # summed over ranks: a rank without micro-batches logs the same keys
         metrics = out.metrics
         labels, weights = metrics["labels"], metrics["grad_weights"].abs()
         add("groups", metrics["num_groups"])
@@ -228,7 +227,14 @@ def accumulate_step(
         del logprobs, entropy, out
     names = ["nonfinite", "loss", "tokens", "entropy", *_TOKEN_WEIGHTED, "groups", "contrast_groups"]
     names += ["weight_abs_pos", "count_pos", "weight_abs_neg", "count_neg", "mismatch_abs", "mismatch_k3"]
-    names += ["mismatch_tokens", "is_weight", "is_clipped", "is_units", "kl_ref"]
+    names += [
+        "mismatch_tokens",
+        "is_weight",
+        "is_clipped",
+        "is_units",
+        "kl_ref",
+        *(f"has_{n}" for n in _TOKEN_WEIGHTED),
+    ]
     stats = dict(sorted((rollout_stats or {}).items()))
     packed = torch.stack(
         [sums.get(n, torch.zeros((), dtype=torch.float64)) for n in names]
@@ -243,7 +249,7 @@ def accumulate_step(
         "train/weight_abs_mean_pos": total["weight_abs_pos"] / total["count_pos"].clamp_min(1),
         "train/weight_abs_mean_neg": total["weight_abs_neg"] / total["count_neg"].clamp_min(1),
     }
-    logged.update({f"train/{n}": total[n] / tokens for n in _TOKEN_WEIGHTED if n in logged_keys})
+    logged.update({f"train/{n}": total[n] / tokens for n in _TOKEN_WEIGHTED if float(total[f"has_{n}"]) > 0})
     if kl is not None and kl.active:
         logged["train/kl_ref"] = total["kl_ref"]  # each micro-batch's share is already over the step's tokens
     logged.update({k: total[k] / world_size for k in stats})

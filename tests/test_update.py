@@ -122,6 +122,31 @@ def test_a_rank_with_fewer_micro_batches_runs_zero_weight_passes(module64, monke
     assert all(g is not None and not g.any() for g in grads)  # every parameter took part, with zero weight
 
 
+def test_a_rank_without_rollouts_logs_the_same_metrics_as_the_busy_rank(module64, monkeypatch) -> None:
+    """Two ranks, one with every rollout and one with none: the idle rank's logged keys and values are the busy
+    rank's (train/ppo_kl and the clip fractions included), so a callback sees the same stream on every rank."""
+    batch = _rollouts(module64.policy.config.vocab_size)
+    budget = (None, 4)
+    sent: list[torch.Tensor] = []
+    monkeypatch.setattr("real_lightning.update.all_reduce", lambda t, op="sum": sent.append(t.clone()) or t.clone())
+    busy = _accumulate(module64, batch, budget, loss_fn=LOSSES["grpo"])
+    micro_batches = len(batch.micro_batches(*budget))
+    assert "train/ppo_kl" in busy.metrics and "train/clip_fraction" in busy.metrics and micro_batches > 1
+
+    calls = iter(sent)  # the idle rank's collectives meet the busy rank's, in the same order
+
+    def with_busy(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        other = next(calls).to(t.dtype)
+        return t + other if op == "sum" else torch.maximum(t, other)
+
+    monkeypatch.setattr("real_lightning.update.all_reduce", with_busy)
+    monkeypatch.setattr("real_lightning.update.all_reduce_max", lambda value: micro_batches)
+    idle = _accumulate(module64, batch.select(torch.zeros(0, dtype=torch.long)), budget, loss_fn=LOSSES["grpo"])
+    assert idle.metrics.keys() == busy.metrics.keys()
+    for key, value in busy.metrics.items():
+        assert torch.equal(idle.metrics[key], value), key
+
+
 def test_train_inference_mismatch_is_logged_when_the_engine_reports_behaviour_logprobs(module64) -> None:
     batch = _rollouts(module64.policy.config.vocab_size)
     batch.old_logprobs = old_logprobs_pass(module64.response_logprobs, batch, (None, None), torch.device("cpu"))

@@ -123,7 +123,7 @@ def explain(
         timeouts, errors = rollout.get("verifier/timeout", 0.0), rollout.get("verifier/error", 0.0)
         what = (
             f"verifier failures (step {step}): {value:.0%} of the rollout batch's responses were not graded "
-            f"({timeouts:.0f} timeouts, {errors:.0f} errors per rank); they score 0."
+            f"({timeouts:.3g} timeouts, {errors:.3g} errors per rank, averaged over ranks); they score 0."
         )
         cause = "a reward function that is slow or raises on some responses"
         advice = "raise data.verifier.timeout_s or data.verifier.workers; the log names the first error"

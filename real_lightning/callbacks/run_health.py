@@ -1,11 +1,12 @@
 """RunHealthMonitor: notice when a run has stopped learning, say why once, and what to try.
 
 It watches signals the module already logs — what ``training_step`` returns under ``outputs["metrics"]``
-(global values: every rank sees the same), ``train/grad_norm`` from ``trainer.callback_metrics`` and the
-validation Pass@1 — and turns a condition that holds for ``patience`` steps (or a single spike) into a
-*finding*: logged as ``health/<name>`` (1 while it holds, else 0) and ``health/<name>_value``, printed once
-with its step range, numbers, likely cause and what to try, listed in a summary at the end of ``fit`` and
-in ``<log dir>/health.json``. Findings named in ``stop_on`` end the run with a checkpoint.
+(global values: every rank sees the same keys and numbers), ``train/grad_norm`` from
+``trainer.callback_metrics`` and the validation Pass@1 — and turns a condition that holds for ``patience``
+steps (or a single spike) into a *finding*: logged as ``health/<name>`` (1 while it holds, else 0) and
+``health/<name>_value``, printed once with its step range, numbers, likely cause and what to try, listed in a
+summary at the end of ``fit`` and in ``<log dir>/health.json``. Findings named in ``stop_on`` end the run
+with a checkpoint.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Finding:
     worst: float
     message: str
     episodes: int = 1
+    said: bool = False  # printed (once per run, a resumed one included)
 
     def line(self) -> str:
         unit = "steps" if self.name in SUSTAINED else "events"
@@ -76,12 +78,14 @@ class RunHealthMonitor(Callback):
     """Say when a run has stopped learning, why, and what to try (see the module docstring).
 
     A *sustained* finding starts when the mean of its value over the last ``patience`` steps is past its bound
-    (a single good step in a dead stretch does not reset it) and lasts while it stays there; an *event* is one
-    step's value. Findings (``health/<name>``; in brackets ``health/<name>_value``):
+    (a single good step in a dead stretch does not reset it; its step range starts with that window) and lasts
+    while it stays there; an *event* is one step's value (or one validation's) and starts at every occurrence.
+    Non-finite values are left out. Findings (``health/<name>``; in brackets ``health/<name>_value``):
 
     - ``no_learning_signal`` [train/contrast_fraction]: ≤ ``contrast_floor`` — (almost) no group has a label
       contrast: all rewards equal, so the loss and its gradient are 0. The message says which: all 0 (truncated,
-      no answer found, or too hard) or all 1 (too easy), or equal within groups only;
+      no answer found, or too hard) or all 1 (too easy), or equal within groups only. Under dynamic sampling
+      this is the share among the groups kept (0 when none is kept);
     - ``truncation`` [rollout/truncation_rate]: ≥ ``truncation_ceiling``, with the share of the cut responses that
       held a correct answer (``verifier/truncated_zeroed``, where ``truncated_is_wrong`` zeroed them);
     - ``entropy_collapse`` / ``entropy_explosion`` [train/entropy ÷ its mean over the first
@@ -91,9 +95,9 @@ class RunHealthMonitor(Callback):
       ``reward_window`` rollout batches) rose ≥ ``reward_rise`` since that validation;
     - ``nonfinite_loss`` [skipped updates so far] (event): an update skipped for a non-finite loss;
     - ``grad_norm_spike`` / ``ppo_kl_spike`` / ``mismatch_spike`` [the value] (events): train/grad_norm,
-      |train/ppo_kl| or rollout/mismatch_k3 ≥ ``spike_factor`` × its median over the last ``spike_window``
-      steps (once 10 are seen; zeros left out: no contrast, or π_θ = π_old) and above ``ppo_kl_floor`` /
-      ``mismatch_floor``;
+      |train/ppo_kl| (both on updates not skipped) or rollout/mismatch_k3 (on a rollout batch's first step) ≥
+      ``spike_factor`` × its median over its last ``spike_window`` values (once 10 are seen; zeros left out: no
+      contrast, or π_θ = π_old) and above ``ppo_kl_floor`` / ``mismatch_floor``;
     - ``verifier_failures`` [share] (event): ≥ ``verifier_failure_rate`` of a rollout batch's responses timed out
       or raised in the verifier (they score 0).
 
@@ -108,13 +112,14 @@ class RunHealthMonitor(Callback):
         pass_drop: fall of Pass@1 below its best that counts for ``reward_hacking`` (0.05).
         reward_rise: rise of the training reward that counts for ``reward_hacking`` (0.05).
         spike_factor: a spike is this many times the trailing median (10).
-        spike_window: steps in the trailing median (50).
+        spike_window: values in the trailing median (50: steps; rollout batches for ``mismatch_spike``).
         ppo_kl_floor: a ``ppo_kl_spike`` must also exceed this (0.02 nats per token).
         mismatch_floor: a ``mismatch_spike`` must also exceed this (1e-3).
         verifier_failure_rate: ``verifier_failures`` bound on the share of timeouts and errors (0.05).
         stop_on: findings that end the run when they start, after writing a checkpoint (the ModelCheckpoint's
             ``last.ckpt`` when it keeps one, so ``--ckpt_path last`` continues from there; else
-            ``checkpoints/health-stop-step=N.ckpt``). A resumed run does not stop again for a finding still on.
+            ``checkpoints/health-stop-step=N.ckpt``). A resumed run does not stop again for a sustained finding
+            still on; it stops again when one starts anew or an event recurs.
         log_every_n_steps: log ``health/*`` every this many steps (None: the trainer's ``log_every_n_steps``)
             and at every step a finding starts.
 
@@ -214,7 +219,7 @@ class RunHealthMonitor(Callback):
         grad_norm = m.get("train/grad_norm")
         if not skipped and grad_norm is not None:
             started += self._spike("grad_norm_spike", "grad_norm", step, grad_norm, 0.0)
-        if m.get("train/ppo_kl") is not None:
+        if not skipped and m.get("train/ppo_kl") is not None:
             started += self._spike("ppo_kl_spike", "ppo_kl", step, abs(m["train/ppo_kl"]), self.ppo_kl_floor)
         if fresh and m.get("rollout/mismatch_k3") is not None:
             started += self._spike("mismatch_spike", "mismatch", step, m["rollout/mismatch_k3"], self.mismatch_floor)
@@ -228,7 +233,8 @@ class RunHealthMonitor(Callback):
         return started
 
     def observe_validation(self, step: int, pass_at_1: float) -> list[Finding]:
-        """Record a validation's Pass@1; return ``reward_hacking`` if it starts here."""
+        """Record a validation's Pass@1; return ``reward_hacking`` if it occurs here (it holds until the next)."""
+        self.active["reward_hacking"] = False
         previous = list(self.validations)
         self.validations.append((step, pass_at_1))
         if not previous or not self.rewards:
@@ -264,14 +270,15 @@ class RunHealthMonitor(Callback):
         return [self._start(name, step - self.patience + 1, step, mean, count=self.patience)]
 
     def _event(self, name: str, step: int, value: float, **context: Any) -> list[Finding]:
+        """An event starts at every occurrence (``stop_on`` acts on each); its message is written once."""
         self.active[name] = True  # for this step's health/<name>
         if name in self.findings:
             self.findings[name].update(step, value)
-            return []
+            return [self.findings[name]]
         return [self._start(name, step, step, value, count=1, **context)]
 
     def _spike(self, name: str, window: str, step: int, value: float, floor: float) -> list[Finding]:
-        if value == 0:  # an on-policy first mini-batch (ppo_kl) or a step without contrast: no information
+        if value == 0 or not math.isfinite(value):  # on-policy (ppo_kl) or no contrast: no information
             return []
         history = self.windows[window]
         median = statistics.median(history) if len(history) >= 10 else None
@@ -310,22 +317,20 @@ class RunHealthMonitor(Callback):
             metrics["train/grad_norm"] = grad_norm
         step = trainer.global_step
         started = self.observe(step, metrics, skipped)
-        for finding in started:
-            if finding.episodes == 1:  # said once; a recurrence shows in health/<name> and the summary
-                _say(trainer, f"Run health — {finding.message}")
+        self._say_new(trainer, started)
         every = self.log_every_n_steps or trainer.log_every_n_steps or 1
         if started or step % every == 0:
             self._log(trainer)
         if started:
             self._write_json(trainer)
+        for name in EVENTS:  # an event holds for its own step only (reward_hacking: until the next validation)
+            if name != "reward_hacking":
+                self.active[name] = False
         stop = any(f.name in self.stop_on for f in started)
         if self.stop_on and trainer.world_size > 1:  # identical inputs on every rank; agree anyway
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if stop:
+        if stop:  # after the events cleared: the checkpoint holds what an uninterrupted run has after this step
             self._stop(trainer, [f.name for f in started if f.name in self.stop_on])
-        for name in EVENTS:  # an event holds for its own step only
-            if name != "reward_hacking":
-                self.active[name] = False
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -336,9 +341,7 @@ class RunHealthMonitor(Callback):
             return
         pass_at_1 = _number(scores.get("average", next(iter(scores.values()))))
         started = self.observe_validation(trainer.global_step, pass_at_1)
-        for finding in started:
-            _say(trainer, f"Run health — {finding.message}")
-        self.active["reward_hacking"] = bool(started)
+        self._say_new(trainer, started)
         if trainer.state.fn == "fit":
             self._log(trainer)
         if started:
@@ -351,6 +354,13 @@ class RunHealthMonitor(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         _say(trainer, self.summary())
         self._write_json(trainer)
+
+    def _say_new(self, trainer: Trainer, started: list[Finding]) -> None:
+        """Print each finding's message the first time it starts; recurrences show in health/* and the summary."""
+        for finding in started:
+            if not finding.said:
+                _say(trainer, f"Run health — {finding.message}")
+                finding.said = True
 
     def summary(self) -> str:
         """The findings so far, one line each (or that there were none)."""
@@ -386,11 +396,7 @@ class RunHealthMonitor(Callback):
             f"written to {path}. Fix the cause, then continue with --ckpt_path {resume}",
         )
 
-    # --- state --------------------------------------------------------------------------------------------
-
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(patience=self.patience)
+    # --- state (under the class name: one monitor per trainer, so a resume with other options keeps it) ------
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from real_lightning.callbacks import RunHealthMonitor
-from real_lightning.callbacks.run_health import FINDINGS
+from real_lightning.callbacks.run_health import EVENTS
 
 
 def rollout_values(reward: float = 0.5, truncation: float = 0.01, **verifier: float) -> dict[str, float]:
@@ -161,7 +164,13 @@ def test_skipped_updates_and_spikes_are_events() -> None:
         return values
 
     started = feed(monitor, range(1, 151), spiky, skipped=lambda s: s in (30, 31))
-    assert started == {30: ["nonfinite_loss"], 70: ["grad_norm_spike"], 90: ["ppo_kl_spike"], 101: ["mismatch_spike"]}
+    assert started == {
+        30: ["nonfinite_loss"],
+        31: ["nonfinite_loss"],  # an event starts at every occurrence (stop_on acts on each)
+        70: ["grad_norm_spike"],
+        90: ["ppo_kl_spike"],
+        101: ["mismatch_spike"],
+    }
     assert monitor.findings["nonfinite_loss"].count == 2 and monitor.findings["nonfinite_loss"].worst == 2
     assert monitor.findings["grad_norm_spike"].value == 500.0
     assert "train/grad_norm spike (step 70): 500" in monitor.findings["grad_norm_spike"].message
@@ -177,11 +186,27 @@ def test_zero_gradient_norms_and_small_kl_are_not_spikes() -> None:
     assert feed(monitor, range(1, 121), values) == {}
 
 
+def test_non_finite_values_do_not_enter_the_medians() -> None:
+    """A NaN or inf grad norm / ppo_kl / mismatch (and a skipped update's ppo_kl) is left out: no finding on the
+    healthy steps after it (a NaN in the median made every later value an infinite-ratio spike)."""
+    monitor = RunHealthMonitor()
+
+    def values(step: int) -> dict[str, float]:
+        bad = {40: {"train/grad_norm": math.nan}, 41: {"train/ppo_kl": math.inf}, 45: {"train/ppo_kl": math.nan}}
+        return healthy(step) | bad.get(step, {}) | ({"rollout/mismatch_k3": math.nan} if step == 49 else {})
+
+    assert feed(monitor, range(1, 121), values, skipped=lambda s: s == 45) == {45: ["nonfinite_loss"]}
+    assert all(math.isfinite(v) for window in monitor.windows.values() for v in window)
+
+
 def test_verifier_failures() -> None:
     monitor = RunHealthMonitor()
     values = lambda s: healthy(s) | (rollout_values(timeout=20.0, error=5.0) if s == 41 else {})  # noqa: E731
     assert feed(monitor, range(1, 61), values) == {41: ["verifier_failures"]}
     assert "20 timeouts, 5 errors" in monitor.findings["verifier_failures"].message
+    below = RunHealthMonitor()  # 12 of 256 = 4.7 % < 5 %
+    assert feed(below, range(1, 61), lambda s: healthy(s) | (rollout_values(timeout=12.0) if s == 41 else {})) == {}
+    assert below.values["verifier_failures"] == 0.0  # the latest rollout batch (step 57) had none
 
 
 def test_state_round_trip_continues_the_stream_exactly() -> None:
@@ -200,5 +225,75 @@ def test_options_are_checked() -> None:
         RunHealthMonitor(stop_on=["no_signal"])
     with pytest.raises(ValueError, match="patience must be >= 1"):
         RunHealthMonitor(patience=0)
-    assert set(FINDINGS) >= {"no_learning_signal", "truncation", "reward_hacking", "verifier_failures"}
-    assert not math.isnan(RunHealthMonitor().patience)
+    with pytest.raises(ValueError, match="spike_window must be >= 3, got 2"):
+        RunHealthMonitor(spike_window=2)
+
+
+class FakeTrainer(SimpleNamespace):
+    """What the monitor's hooks read from a Trainer (one rank, no logger); save_checkpoint keeps the state."""
+
+    def __init__(self, root: Path, monitor: RunHealthMonitor) -> None:
+        super().__init__(
+            callback_metrics={}, global_step=0, log_every_n_steps=1, loggers=[], logger=None, world_size=1,
+            default_root_dir=str(root), is_global_zero=True, checkpoint_callback=None, should_stop=False,
+            sanity_checking=False, state=SimpleNamespace(fn="fit"), saved={}, monitor=monitor,
+        )  # fmt: skip
+
+    def save_checkpoint(self, path: Path) -> None:
+        self.saved[self.global_step] = copy.deepcopy(self.monitor.state_dict())
+
+    def train_step(self, step: int, values: dict[str, float]) -> None:
+        self.global_step, self.should_stop = step, False
+        self.callback_metrics = {k: v for k, v in values.items() if k == "train/grad_norm"}
+        metrics = {k: v for k, v in values.items() if k != "train/grad_norm"}
+        self.monitor.on_train_batch_end(self, None, {"metrics": metrics, "skipped": False}, None, 0)
+
+    def validate(self, pass_at_1: float) -> None:
+        self.callback_metrics = {"val/average/pass@1": pass_at_1}
+        self.monitor.on_validation_end(self, None)
+
+
+def test_every_event_stops_the_run_its_message_is_said_once_and_the_checkpoint_is_exact(tmp_path, caplog) -> None:
+    """stop_on acts on each grad-norm spike (a resumed run stops at the next one); the message is printed once;
+    the state saved at a stop is the state of a run that went on (no event flag still set)."""
+
+    def spiky(step: int) -> dict[str, float]:
+        return healthy(step) | ({"train/grad_norm": 500.0} if step in (70, 120) else {})
+
+    stopping = FakeTrainer(tmp_path, RunHealthMonitor(stop_on=["grad_norm_spike"]))
+    going_on = FakeTrainer(tmp_path, RunHealthMonitor())
+    reference, stops = {}, []
+    with caplog.at_level("WARNING", logger="real_lightning.callbacks.run_health"):
+        for step in range(1, 151):
+            stopping.train_step(step, spiky(step))
+            going_on.train_step(step, spiky(step))
+            reference[step] = going_on.monitor.state_dict()
+            if stopping.should_stop:
+                stops.append(step)
+    assert stops == [70, 120] and sorted(stopping.saved) == [70, 120]
+    for step in stops:
+        assert stopping.saved[step] == reference[step]
+        assert not any(stopping.saved[step]["active"].get(name, False) for name in EVENTS)
+    said = [r.getMessage() for r in caplog.records if "grad_norm spike" in r.getMessage()]
+    assert len(said) == 2 and "(step 70)" in said[0] == said[1]  # once per monitor (two monitors here)
+    assert "stopping at step 120 (grad_norm_spike is in stop_on)" in caplog.text
+    assert going_on.monitor.findings["grad_norm_spike"].count == 2
+
+
+def test_reward_hacking_holds_until_the_next_validation_each_time_it_occurs(tmp_path) -> None:
+    fake = FakeTrainer(tmp_path, RunHealthMonitor(reward_window=3))
+    active = []
+    for step in range(1, 41):
+        reward = 0.3 if step < 13 else 0.3 + 0.02 * step  # rising from step 13
+        fake.train_step(step, healthy(step) | ({"rollout/reward_mean": reward} if step % 4 == 1 else {}))
+        if step % 8 == 0:  # Pass@1 0.5 at step 8, then falling; then back up at 40
+            fake.validate(0.5 if step == 8 else 0.6 if step == 40 else 0.5 - 0.03 * step / 8)
+            active.append((step, fake.monitor.active["reward_hacking"]))
+    # drop below the best (0.5): 0.06 at 16, 0.09 at 24, 0.12 at 32; none at 40
+    assert active == [(8, False), (16, True), (24, True), (32, True), (40, False)]
+    assert fake.monitor.findings["reward_hacking"].count == 3
+
+
+def test_the_state_key_does_not_depend_on_the_options() -> None:
+    """A resume with another patience (or any option) still finds the monitor's state in the checkpoint."""
+    assert RunHealthMonitor(patience=5).state_key == RunHealthMonitor(patience=20, stop_on=["truncation"]).state_key

@@ -133,8 +133,12 @@ def test_stop_on_ends_the_run_with_a_checkpoint_that_resumes_exactly(policy_dir,
     resumed, resumed_module, resumed_monitor = run(tmp_path / "stopped", 10, ["truncation"], ckpt_path=str(last))
     assert resumed.global_step == 10  # the finding is already known: the resumed run does not stop again
     assert resumed_monitor.findings["truncation"].last_step == 10
-    whole, whole_module, _ = run(tmp_path / "whole", 10, [])
+    whole, whole_module, whole_monitor = run(tmp_path / "whole", 10, [])
     assert whole.global_step == 10
+    resumed_state, whole_state = resumed_monitor.state_dict(), whole_monitor.state_dict()
+    for state in (resumed_state, whole_state):  # a wall-clock rate: the one value that differs between runs
+        assert state["rollout"].pop("rollout/tokens_per_s") > 0
+    assert resumed_state == whole_state  # the monitor resumed exactly, too
     assert not torch.equal(_parameters(whole_module), _parameters(RealPolicyModule(pretrained=policy_dir)))
     torch.testing.assert_close(_parameters(resumed_module), _parameters(whole_module), rtol=0, atol=0)
 
