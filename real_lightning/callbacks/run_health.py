@@ -186,7 +186,9 @@ class RunHealthMonitor(Callback):
     # --- the rules: a stream of logged values in, findings out -----------------------------------------------
 
     def observe(self, step: int, metrics: Mapping[str, Any], skipped: bool = False) -> list[Finding]:
-        """Update with one optimizer step's logged values; return the findings that started at this step.
+        """Update with one optimizer step's logged values; return the findings that start here.
+
+        A sustained finding starts once per episode, an event at each occurrence (``stop_on`` acts on both).
 
         ``metrics`` maps logged names to numbers (``train/*`` of the step, ``rollout/*`` and ``verifier/*`` on the
         first step of a rollout batch, ``train/grad_norm``); ``skipped``: the update was skipped (non-finite loss).
