@@ -227,14 +227,8 @@ def accumulate_step(
         del logprobs, entropy, out
     names = ["nonfinite", "loss", "tokens", "entropy", *_TOKEN_WEIGHTED, "groups", "contrast_groups"]
     names += ["weight_abs_pos", "count_pos", "weight_abs_neg", "count_neg", "mismatch_abs", "mismatch_k3"]
-    names += [
-        "mismatch_tokens",
-        "is_weight",
-        "is_clipped",
-        "is_units",
-        "kl_ref",
-        *(f"has_{n}" for n in _TOKEN_WEIGHTED),
-    ]
+    names += ["mismatch_tokens", "is_weight", "is_clipped", "is_units", "kl_ref"]
+    names += [f"has_{n}" for n in _TOKEN_WEIGHTED]  # how many micro-batches reported it, over all ranks
     stats = dict(sorted((rollout_stats or {}).items()))
     packed = torch.stack(
         [sums.get(n, torch.zeros((), dtype=torch.float64)) for n in names]
