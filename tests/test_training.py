@@ -94,11 +94,11 @@ def test_requests_are_pure_functions_of_the_step(policy_dir) -> None:
 
 def test_groups_are_never_split_across_minibatches_or_epochs(policy_dir) -> None:
     module = RealPolicyModule(pretrained=policy_dir)
-    dm = attached(module, make_datamodule(prompts_per_rollout=6, prompts_per_minibatch=4, ppo_epochs=2))
+    dm = attached(module, make_datamodule(prompts_per_rollout=6, prompts_per_minibatch=3, ppo_epochs=2))
     assert dm.schedule.minibatches_per_rollout == 4
     requests = iter(dm.train_dataloader())
     first_rollout = [dm.collector.minibatch(next(requests)) for _ in range(4)]
-    assert [b.num_groups for b in first_rollout] == [4, 2, 4, 2]
+    assert [b.num_groups for b in first_rollout] == [3, 3, 3, 3]
     for b in first_rollout:
         assert torch.all(torch.bincount(b.group_ids)[torch.unique(b.group_ids)] == 4)
     epoch_groups = [

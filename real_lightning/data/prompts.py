@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from real_lightning.data.records import PromptRecord
 
@@ -36,10 +36,61 @@ def prompt_text(record: PromptRecord, tokenizer: PreTrainedTokenizerBase, suffix
     return "\n".join(m["content"] for m in messages), False
 
 
+def model_positions(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """``max_position_embeddings`` of the model saved next to the tokenizer (its ``name_or_path``), or None.
+
+    The tokenizer is loaded from ``model.pretrained``, so its directory (or hub name, from the local
+    cache) holds the model's config; a tokenizer built in memory, or a config without the field, gives None.
+    """
+    source = getattr(tokenizer, "name_or_path", "")
+    if not source:
+        return None
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as err:
+        log.debug(
+            "no model config next to tokenizer %s (%s): prompt lengths bounded by prompts.max_length", source, err
+        )
+        return None
+    positions = getattr(config, "max_position_embeddings", None)
+    return positions if isinstance(positions, int) and positions > 0 else None
+
+
+def prompt_limit(max_length: int, positions: int | None, max_new_tokens: int) -> tuple[int, str | None]:
+    """The longest prompt (tokens) to keep, and why when it is not ``prompts.max_length`` (else None): the
+    model's ``positions`` leave room for ``max_new_tokens`` response tokens only after a shorter prompt.
+
+    When ``max_new_tokens`` alone fills the positions, prompts are bounded by the positions (responses then
+    run past them anyway; a warning says so).
+    """
+    if positions is None:
+        return max_length, None
+    room = positions - max_new_tokens
+    why = f"the model's {positions} positions minus the engine's max_new_tokens={max_new_tokens}"
+    if room < 1:
+        log.warning(
+            "the model has %d positions and the engine's max_new_tokens=%d fills them: responses may run past the "
+            "positions the model was trained on; lower data.engine.init_args.max_new_tokens",
+            positions,
+            max_new_tokens,
+        )
+        room, why = positions, f"the model's {positions} positions"
+    return (max_length, None) if room >= max_length else (room, why)
+
+
 def tokenize_prompts(
-    records: list[PromptRecord], tokenizer: PreTrainedTokenizerBase, max_length: int, suffix: str = "", name: str = ""
+    records: list[PromptRecord],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    suffix: str = "",
+    name: str = "",
+    reason: str | None = None,
 ) -> list[TokenizedPrompt]:
-    """Tokenize; prompts longer than ``max_length`` tokens are dropped, with a warning that counts them."""
+    """Tokenize; prompts longer than ``max_length`` tokens are dropped, with a warning that counts them.
+
+    ``reason`` says where the limit comes from (None: ``prompts.max_length``; see :func:`prompt_limit`).
+    """
+    limit = f"prompts.max_length={max_length}" if reason is None else f"{max_length} tokens ({reason})"
     kept, dropped = [], 0
     for record in records:
         text, templated = prompt_text(record, tokenizer, suffix)
@@ -49,7 +100,23 @@ def tokenize_prompts(
             continue
         kept.append(TokenizedPrompt(record, ids))
     if dropped:
-        log.warning("%s: dropped %d of %d prompts longer than %d tokens", name, dropped, len(records), max_length)
+        log.warning("%s: dropped %d of %d prompts longer than %s", name, dropped, len(records), limit)
     if not kept:
-        raise ValueError(f"{name}: every prompt is longer than prompts.max_length={max_length}")
+        raise ValueError(f"{name}: every prompt is longer than {limit}")
     return kept
+
+
+def warn_past_positions(prompts: list[TokenizedPrompt], limit: int, reason: str | None, name: str) -> int:
+    """Count the prompts longer than ``limit`` tokens and warn when there are any (validation keeps them)."""
+    past = sum(len(p.ids) > limit for p in prompts)
+    if past and reason is not None:
+        log.warning(
+            "%s: %d of %d prompts are longer than %d tokens (%s); kept for validation, where the model runs past "
+            "its positions",
+            name,
+            past,
+            len(prompts),
+            limit,
+            reason,
+        )
+    return past

@@ -9,7 +9,9 @@ Two row schemas load:
 A ground truth is a text or a number, or a list of accepted answers (the verl files of Minerva and
 OlympiadBench; any of them scores 1): a list becomes a tuple of its usable answers (one: that answer).
 Rows with an empty or unusable ground truth (a list without a usable answer too) are skipped and
-counted (``on_bad_row="skip"``) or raise an error naming the row (``"error"``).
+counted (``on_bad_row="skip"``) or raise an error naming the row (``"error"``). Rows repeating an earlier
+row's prompt and ground truth are kept and counted in a warning; a file that is not UTF-8 raises an error
+naming the file, line and byte offset.
 """
 
 from __future__ import annotations
@@ -60,12 +62,14 @@ class DatasetSpec:
 
 @dataclass
 class LoadedDataset:
-    """Records of one dataset and how many rows were skipped (with the first few row indices)."""
+    """Records of one dataset, how many rows were skipped (with the first few row indices) and how many
+    repeat an earlier row's prompt and ground truth (kept, counted in a warning)."""
 
     name: str
     records: list[PromptRecord]
     skipped: int = 0
     skipped_rows: list[int] = field(default_factory=list)
+    duplicates: int = 0
 
 
 def _read_file(path: Path) -> list[dict[str, Any]]:
@@ -75,22 +79,35 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
+    text = _read_utf8(path)
     if path.suffix == ".jsonl":
         rows = []
-        with path.open() as f:
-            for line_number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{path}: line {line_number} is not valid JSON: {err}") from err
+        for line_number, line in enumerate(text.split("\n"), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}: line {line_number} is not valid JSON: {err}") from err
         return rows
-    data = json.loads(path.read_text())
+    data = json.loads(text)
     if isinstance(data, dict) and "data" in data:  # {"data": [...]} wrapper
         data = data["data"]
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of rows (or {{'data': [...]}}), got {type(data).__name__}")
     return data
+
+
+def _read_utf8(path: Path) -> str:
+    """The file's text; a byte that is not UTF-8 raises ``ValueError`` naming the file, line and byte offset."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path}: line {line} is not valid UTF-8 (byte offset {err.start}: {raw[err.start : err.end]!r}); "
+            "re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from err
 
 
 def _read_hub(name: str, split: str) -> list[dict[str, Any]]:
@@ -196,9 +213,32 @@ def records_from_rows(rows: Iterable[dict[str, Any]], spec: DatasetSpec, name: s
             loaded.skipped,
             loaded.skipped_rows,
         )
+    _count_duplicates(loaded)
     if not loaded.records:
         raise ValueError(f"{name}: no usable rows ({loaded.skipped} skipped)")
     return loaded
+
+
+def _count_duplicates(loaded: LoadedDataset) -> None:
+    """Count the records whose prompt and ground truth repeat an earlier one's, and warn with the first pair.
+
+    Duplicates are kept (a repeated row is sampled more often); the warning makes them visible.
+    """
+    first_seen: dict[tuple[object, GroundTruth], int] = {}
+    example: tuple[int, int] | None = None
+    for record in loaded.records:
+        prompt = record.prompt if isinstance(record.prompt, str) else tuple(tuple(m.items()) for m in record.prompt)
+        earlier = first_seen.setdefault((prompt, record.ground_truth), record.index)
+        if earlier != record.index:
+            loaded.duplicates += 1
+            example = example or (record.index, earlier)
+    if example is not None:
+        log.warning(
+            "%s: %d duplicate rows (same prompt and ground truth; first: row %d repeats row %d); they are kept",
+            loaded.name,
+            loaded.duplicates,
+            *example,
+        )
 
 
 def load_dataset_spec(spec: DatasetSpec, name: str | None = None) -> LoadedDataset:

@@ -102,6 +102,21 @@ def check_sampling(max_new_tokens: int, temperature: float, top_p: float, top_k:
         raise ValueError(f"top_k must be >= 0 (0: off), got {top_k}")
 
 
+def check_training_temperature(temperature: float, option: str = "data.engine.init_args.temperature") -> None:
+    """Raise ``ValueError`` when a training engine samples greedily (``temperature`` 0).
+
+    Greedy sampling makes the n rollouts of a group identical, so no group has a reward contrast and
+    the log-probs of the loss (computed at the engine's temperature) are undefined. Validation may
+    sample greedily: give it its own engine (``data.val_engine``).
+    """
+    if temperature == 0:
+        raise ValueError(
+            f"{option}=0 samples greedily: the rollouts of a group are identical, so no group has a reward "
+            "contrast to learn from (and log-probs at temperature 0 are undefined); train with a temperature > 0 "
+            "(e.g. 1.0) and, for greedy validation, set data.val_engine to an engine with temperature 0"
+        )
+
+
 @runtime_checkable
 class RolloutEngine(Protocol):
     """Samples responses from the policy whose weights were last pushed with :meth:`update_weights`.

@@ -20,9 +20,10 @@ class RolloutSchedule:
 
     Args:
         prompts_per_rollout: P, prompts per rollout batch, all ranks together (a multiple of the number of ranks).
-        rollouts_per_prompt: n, responses sampled per prompt (the group size).
-        prompts_per_minibatch: M, prompts per optimizer step, all ranks together (a multiple of the
-            number of ranks); None: P, one optimizer step per rollout batch.
+        rollouts_per_prompt: n, responses sampled per prompt (the group size), at least 2: every loss learns
+            from the reward contrast within a group, which a group of one never has.
+        prompts_per_minibatch: M, prompts per optimizer step, all ranks together (a divisor of P and a
+            multiple of the number of ranks); None: P, one optimizer step per rollout batch.
         ppo_epochs: passes over each rollout batch.
         dynamic_sampling: DAPO's dynamic sampling: drop groups whose rewards are all equal and sample
             more prompts (uniformly at random, seeded) until every rank holds its share of P groups with a
@@ -55,6 +56,13 @@ class RolloutSchedule:
         for name in ("prompts_per_rollout", "rollouts_per_prompt", "ppo_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"schedule.{name} must be >= 1, got {getattr(self, name)}")
+        if self.rollouts_per_prompt < 2:
+            raise ValueError(
+                f"data.schedule.rollouts_per_prompt must be >= 2 for training, got {self.rollouts_per_prompt}: "
+                "the losses learn from the reward contrast within a prompt's group, and a group of one has no "
+                "contrast (every update would be zero); use e.g. 8 (Pass@k of validation uses "
+                "data.validation.samples, which may be 1)"
+            )
         if self.max_sampling_rounds < 0:
             raise ValueError(f"schedule.max_sampling_rounds must be >= 0, got {self.max_sampling_rounds}")
         if self.prompts_per_minibatch is not None and not 1 <= self.prompts_per_minibatch <= self.prompts_per_rollout:
@@ -62,12 +70,24 @@ class RolloutSchedule:
                 f"schedule.prompts_per_minibatch must be in [1, prompts_per_rollout={self.prompts_per_rollout}], "
                 f"got {self.prompts_per_minibatch}"
             )
+        self._check_minibatch_divides()
         if self.old_logprobs not in ("trainer", "engine"):
             raise ValueError(f"schedule.old_logprobs must be 'trainer' or 'engine', got {self.old_logprobs!r}")
         for name in ("max_tokens_per_micro_batch", "max_sequences_per_micro_batch"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"schedule.{name} must be >= 1 or null, got {value}")
+
+    def _check_minibatch_divides(self) -> None:
+        """Refuse a mini-batch size that would leave a smaller last mini-batch (an uneven optimizer step)."""
+        minibatch, rollout = self.minibatch_prompts, self.prompts_per_rollout
+        if rollout % minibatch:
+            divisors = ", ".join(str(d) for d in range(1, rollout + 1) if rollout % d == 0)
+            raise ValueError(
+                f"data.schedule.prompts_per_minibatch={minibatch} does not divide "
+                f"data.schedule.prompts_per_rollout={rollout}: the last mini-batch of every rollout batch would "
+                f"hold only {rollout % minibatch} prompts; use a divisor of {rollout}: {divisors}"
+            )
 
     @property
     def minibatch_prompts(self) -> int:
