@@ -38,6 +38,9 @@ class VerifierConfig:
         workers: verifier processes (None: all cores).
         truncated_is_wrong: a response cut at the length limit without EOS scores 0. None: on for
             built-in tasks, off otherwise.
+        batch_timeout_s: time budget of grading one rank's rollout batch (or validation chunk): when it
+            runs out, the responses not graded yet score 0 and are counted as timeouts, with a warning
+            (None: no budget). A grading longer than 30 s logs its progress every 30 s.
     """
 
     reward: str = "math"
@@ -46,10 +49,13 @@ class VerifierConfig:
     timeout_s: float = 5.0
     workers: int | None = None
     truncated_is_wrong: bool | None = None
+    batch_timeout_s: float | None = 300.0
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
             raise ValueError(f"verifier.timeout_s must be > 0, got {self.timeout_s}")
+        if self.batch_timeout_s is not None and not 0 < self.batch_timeout_s < float("inf"):
+            raise ValueError(f"verifier.batch_timeout_s must be > 0 or null, got {self.batch_timeout_s}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"verifier.workers must be >= 1 or null, got {self.workers}")
 

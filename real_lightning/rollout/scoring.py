@@ -10,7 +10,7 @@ from torch import Tensor
 
 from real_lightning.verifiers import resolve_reward_fn, score_batch
 from real_lightning.verifiers.answers import GroundTruth
-from real_lightning.verifiers.batch import Grader, check_grader
+from real_lightning.verifiers.batch import Grader, check_batch_timeout, check_grader
 
 
 @dataclass
@@ -32,6 +32,8 @@ class Scorer:
         grader: ``lenient`` or ``strict_boxed`` (a ``\\boxed{}`` answer required; math reward only).
         truncated_is_wrong: a response cut at the length limit without EOS scores 0 (otherwise a
             policy learns to stop emitting EOS when the reward ignores what follows the answer).
+        batch_timeout_s: time budget of one call of :meth:`score` (a rank's rollout batch, a validation
+            chunk); the responses not graded when it runs out score 0 as timeouts (None: no budget).
     """
 
     def __init__(
@@ -42,9 +44,12 @@ class Scorer:
         answer_after_think: bool = False,
         truncated_is_wrong: bool = False,
         grader: Grader = "lenient",
+        batch_timeout_s: float | None = 300.0,
     ) -> None:
         self.reward_fn = resolve_reward_fn(reward)
         check_grader(grader, self.reward_fn)
+        check_batch_timeout(batch_timeout_s)
+        self.batch_timeout_s = batch_timeout_s
         self.grader = grader
         self.timeout_s = timeout_s
         self.num_workers = num_workers
@@ -60,6 +65,7 @@ class Scorer:
             timeout_s=self.timeout_s,
             answer_after_think=self.answer_after_think,
             grader=self.grader,
+            batch_timeout_s=self.batch_timeout_s,
         )
         rewards = torch.tensor(result.rewards, dtype=torch.float32)
         counts = dict(result.counts)

@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from real_lightning.verifiers.batch import BatchScores, score_batch
+from real_lightning.verifiers.batch import BatchScores, clear_stop, request_stop, score_batch
 from real_lightning.verifiers.math import VerifyResult, math_reward, verify
 from real_lightning.verifiers.registry import REWARD_FUNCTIONS, resolve_reward_fn
 
@@ -18,7 +18,9 @@ __all__ = [
     "REWARD_FUNCTIONS",
     "BatchScores",
     "VerifyResult",
+    "clear_stop",
     "math_reward",
+    "request_stop",
     "resolve_reward_fn",
     "score_batch",
     "verify",

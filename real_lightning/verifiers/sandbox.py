@@ -8,6 +8,11 @@ A verifier call is bounded by ``timeout_s`` seconds of wall-clock time whichever
   thread and kills and replaces that worker when it overruns;
 * :class:`WorkerPool` spreads many calls over several such workers, each call keeping its own budget.
 
+A caller may also pass ``cut``, a function polled about every :data:`POLL_S` seconds while a call runs (in the
+SIGALRM handler, or between waits on the workers): when it returns a reason (a batch budget ran out, a stop was
+requested), the calls not finished end at once as ``Outcome("timeout", cut=reason)`` and busy workers are killed.
+Workers die with the process that started them, even when it is killed: see :func:`_die_with_owner`.
+
 Workers come from the ``forkserver`` start method where the platform has it (else ``spawn``), never from a bare
 ``fork`` of a possibly multi-threaded parent. As with any ``spawn``/``forkserver`` pool, a script that calls them must
 guard its entry point with ``if __name__ == "__main__":``.
@@ -15,6 +20,7 @@ guard its entry point with ``if __name__ == "__main__":``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import multiprocessing as mp
@@ -37,6 +43,8 @@ log = logging.getLogger(__name__)
 _REFIRE_S = 0.05
 #: Seconds a worker may take to start (import its modules) before the pool gives up on it.
 START_TIMEOUT_S = 120.0
+#: How often a caller's ``cut`` function is polled while calls run.
+POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -47,15 +55,20 @@ class Outcome:
         status: ``"ok"``, ``"timeout"`` or ``"error"``.
         value: the callee's return value when ``status == "ok"``, else ``None``.
         error: ``"ExceptionType: message"`` when ``status == "error"``, else ``None``.
+        cut: for a ``"timeout"`` that the caller's ``cut`` function caused (not the call's own budget), its reason.
     """
 
     status: str
     value: Any = None
     error: str | None = None
+    cut: str | None = None
 
 
 class _AlarmTimeout(BaseException):
-    """Raised by the SIGALRM handler; a ``BaseException`` so that a callee's ``except Exception`` cannot swallow it."""
+    """Raised by the SIGALRM handler; a ``BaseException`` so that a callee's ``except Exception`` cannot swallow it.
+
+    Its argument is the caller's cut reason, or ``None`` when the call's own budget ran out.
+    """
 
 
 def _describe(exc: BaseException) -> str:
@@ -71,7 +84,9 @@ def signals_usable() -> bool:
     )
 
 
-def run_with_alarm(fn: Callable[..., Any], args: Sequence[Any], timeout_s: float) -> Outcome:
+def run_with_alarm(
+    fn: Callable[..., Any], args: Sequence[Any], timeout_s: float, *, cut: Callable[[], str | None] | None = None
+) -> Outcome:
     """Call ``fn(*args)`` on the main thread, interrupting it after ``timeout_s`` seconds with SIGALRM.
 
     The previous SIGALRM handler and ``ITIMER_REAL`` timer are restored afterwards (a previous timer keeps its
@@ -81,6 +96,8 @@ def run_with_alarm(fn: Callable[..., Any], args: Sequence[Any], timeout_s: float
         fn: the callable; its exceptions become ``Outcome("error")``.
         args: positional arguments.
         timeout_s: budget in seconds (> 0).
+        cut: polled every :data:`POLL_S` seconds (from the SIGALRM handler, so it must be quick and take no
+            locks); a reason it returns interrupts the call as ``Outcome("timeout", cut=reason)``.
 
     Returns:
         The :class:`Outcome`.
@@ -89,22 +106,29 @@ def run_with_alarm(fn: Callable[..., Any], args: Sequence[Any], timeout_s: float
         ValueError: if called off the main thread (use :func:`run_bounded`).
     """
     active = True
+    start = time.monotonic()
+    deadline = start + timeout_s
 
     def on_alarm(signum: int, frame: object) -> None:
-        if active:
-            raise _AlarmTimeout
+        if not active:
+            return
+        if cut is None or time.monotonic() >= deadline:
+            raise _AlarmTimeout(None)
+        reason = cut() if cut is not None else None
+        if reason is not None:
+            raise _AlarmTimeout(reason)
 
-    start = time.monotonic()
     previous_handler = signal.signal(signal.SIGALRM, on_alarm)
-    previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, timeout_s, _REFIRE_S)
+    first = timeout_s if cut is None else min(timeout_s, POLL_S)
+    previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, first, min(_REFIRE_S, POLL_S))
     try:
         try:
             value = fn(*args)
         finally:
             active = False
             signal.setitimer(signal.ITIMER_REAL, 0)
-    except _AlarmTimeout:
-        return Outcome("timeout")
+    except _AlarmTimeout as timeout:
+        return Outcome("timeout", cut=timeout.args[0] if timeout.args else None)
     except Exception as exc:
         return Outcome("error", error=_describe(exc))
     finally:
@@ -133,9 +157,56 @@ def loadable_in_worker(fn: Callable[..., Any]) -> bool:
     return True
 
 
-def _worker_main(conn: Connection, preload: tuple[str, ...]) -> None:
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _die_with_owner(owner_pid: int, via_forkserver: bool) -> None:
+    """End this worker when the process that started it dies, even abruptly and in the middle of a call.
+
+    A daemon thread exits the worker once the owner is gone (it needs the GIL: a call stuck in one C call ends
+    first). A fork-server worker also gives up its copy of the fork server's liveness pipe, so that the fork server
+    exits with the owner (once no other child of it holds one), and on Linux asks the kernel to kill it when its
+    parent, the single-threaded fork server, exits (``PR_SET_PDEATHSIG``), which no C call can delay.
+    """
+    if via_forkserver:
+        from multiprocessing import forkserver
+
+        server = getattr(forkserver, "_forkserver", None)
+        alive_fd = getattr(server, "_forkserver_alive_fd", None)
+        if alive_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(alive_fd)
+            server._forkserver_alive_fd = None
+        if sys.platform.startswith("linux"):
+            parent = os.getppid()
+            try:
+                import ctypes
+
+                requested = ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) == 0  # PDEATHSIG
+                if requested and os.getppid() != parent:  # it exited before the request took effect
+                    os._exit(1)
+            except (OSError, AttributeError):
+                pass
+
+    def watch() -> None:
+        while _pid_alive(owner_pid):
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="real-lightning-verifier-watch").start()
+
+
+def _worker_main(conn: Connection, preload: tuple[str, ...], owner_pid: int, via_forkserver: bool) -> None:
     """Worker loop: receive ``(pickled fn, args, timeout_s)``, run it under SIGALRM, send back an :class:`Outcome`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and kills its workers
+    _die_with_owner(owner_pid, via_forkserver)
     for name in preload:
         importlib.import_module(name)
     functions: dict[bytes, Callable[..., Any]] = {}
@@ -192,7 +263,10 @@ class _Worker:
         ctx = _context(preload)
         self.conn, child_conn = ctx.Pipe(duplex=True)
         self.process = ctx.Process(
-            target=_worker_main, args=(child_conn, preload), daemon=True, name="real-lightning-verifier"
+            target=_worker_main,
+            args=(child_conn, preload, os.getpid(), ctx.get_start_method() == "forkserver"),
+            daemon=True,
+            name="real-lightning-verifier",
         )
         self.process.start()
         child_conn.close()
@@ -241,13 +315,25 @@ class WorkerPool:
         """Kill all workers."""
         self._finalizer()
 
-    def map(self, fn: Callable[..., Any], args_list: Sequence[Sequence[Any]], timeout_s: float) -> list[Outcome]:
+    def map(
+        self,
+        fn: Callable[..., Any],
+        args_list: Sequence[Sequence[Any]],
+        timeout_s: float,
+        *,
+        cut: Callable[[], str | None] | None = None,
+        progress: Callable[[Outcome | None], None] | None = None,
+    ) -> list[Outcome]:
         """Run ``fn(*args)`` for every ``args`` of ``args_list`` across the workers.
 
         Args:
             fn: a callable that pickles by reference (see :func:`loadable_in_worker`).
             args_list: one tuple of picklable arguments per call.
             timeout_s: budget of each call, in seconds.
+            cut: polled every :data:`POLL_S` seconds; once it returns a reason, every call not finished gets
+                ``Outcome("timeout", cut=reason)``, the busy workers are killed (replaced on the next use) and the
+                map returns.
+            progress: called with each finished call's :class:`Outcome` and with ``None`` at every poll.
 
         Returns:
             One :class:`Outcome` per call, in input order.
@@ -267,6 +353,20 @@ class WorkerPool:
             workers.append(_Worker(self.preload))
         try:
             while queue or any(w.task is not None for w in workers):
+                reason = cut() if cut is not None else None
+                if reason is not None:
+                    cut_tasks = list(queue)
+                    queue.clear()
+                    for worker in list(workers):
+                        if worker.task is not None:
+                            cut_tasks.append(worker.task)
+                            worker.task = None
+                            self._replace(worker, restart=False)
+                    for task in sorted(cut_tasks):
+                        results[task] = Outcome("timeout", cut=reason)
+                        if progress is not None:
+                            progress(results[task])
+                    break
                 now = time.monotonic()
                 for worker in workers:
                     if worker.ready and worker.task is None and queue:
@@ -280,7 +380,10 @@ class WorkerPool:
                             self._replace(worker)
                 waiting = [w for w in workers if w.task is not None or not w.ready]
                 deadlines = [w.deadline if w.ready else w.started_at + START_TIMEOUT_S for w in waiting]
+                if cut is not None or progress is not None:
+                    deadlines.append(time.monotonic() + POLL_S)
                 ready_conns = wait([w.conn for w in waiting], timeout=max(0.0, min(deadlines) - time.monotonic()))
+                finished: list[int] = []
                 for worker in [w for w in waiting if w.conn in ready_conns]:
                     try:
                         message = worker.conn.recv()
@@ -290,6 +393,7 @@ class WorkerPool:
                         worker.ready = True
                     elif isinstance(message, Outcome):
                         results[worker.task] = message
+                        finished.append(worker.task)
                         worker.task = None
                     elif not worker.ready:
                         self._replace(worker, restart=False)
@@ -300,15 +404,21 @@ class WorkerPool:
                         results[worker.task] = Outcome(
                             "error", error=f"the worker process died (exit code {worker.process.exitcode})"
                         )
+                        finished.append(worker.task)
                         self._replace(worker)
                 now = time.monotonic()
                 for worker in list(workers):
                     if worker.task is not None and now > worker.deadline:
                         results[worker.task] = Outcome("timeout")
+                        finished.append(worker.task)
                         self._replace(worker)
                     elif not worker.ready and now > worker.started_at + START_TIMEOUT_S:
                         self._replace(worker, restart=False)
                         raise RuntimeError(f"a verifier worker process did not start within {START_TIMEOUT_S:.0f} s")
+                if progress is not None:
+                    for task in finished:
+                        progress(results[task])
+                    progress(None)
         finally:
             for worker in list(workers):
                 if worker.task is not None:  # interrupted mid-batch: its result would arrive stale
@@ -361,7 +471,12 @@ def _run_in_thread(fn: Callable[..., Any], args: Sequence[Any], timeout_s: float
 
 
 def run_bounded(
-    fn: Callable[..., Any], args: Sequence[Any], *, timeout_s: float, preload: Sequence[str] = ()
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    *,
+    timeout_s: float,
+    preload: Sequence[str] = (),
+    cut: Callable[[], str | None] | None = None,
 ) -> Outcome:
     """Call ``fn(*args)`` within ``timeout_s`` seconds from any thread.
 
@@ -374,15 +489,20 @@ def run_bounded(
         args: positional arguments (picklable when a worker process is used).
         timeout_s: budget in seconds (> 0).
         preload: modules the worker imports before its first call.
+        cut: a caller's reason to end the call early (see :meth:`WorkerPool.map`); checked before the call only in
+            the last-resort thread.
 
     Returns:
         The :class:`Outcome`.
     """
     if signals_usable():
         try:
-            return run_with_alarm(fn, args, timeout_s)
+            return run_with_alarm(fn, args, timeout_s, cut=cut)
         except ValueError:  # e.g. a sub-interpreter: signals cannot be installed here
             pass
     if can_start_processes() and loadable_in_worker(fn):
-        return _thread_pool(tuple(preload)).map(fn, [args], timeout_s)[0]
+        return _thread_pool(tuple(preload)).map(fn, [args], timeout_s, cut=cut)[0]
+    reason = cut() if cut is not None else None
+    if reason is not None:
+        return Outcome("timeout", cut=reason)
     return _run_in_thread(fn, args, timeout_s)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from real_lightning.verifiers import math as math_module
@@ -51,3 +53,39 @@ def score_symbolic_batch(results: Any) -> None:
     from real_lightning.verifiers import score_batch
 
     results.put(score_batch([r"\boxed{\frac{1}{2}}"] * 3 + [r"\boxed{x}"], ["0.5"] * 3 + ["y"], num_workers=2).rewards)
+
+
+def graded_slowly(response: str, ground_truth: str) -> float:
+    """A user reward that records its process id as a file in the folder ``ground_truth``, then sleeps
+    :data:`SLOW_S` seconds (longer than any budget of the tests)."""
+    Path(ground_truth, str(os.getpid())).touch()
+    time.sleep(SLOW_S)
+    return 1.0
+
+
+def stubborn_graded_slowly(response: str, ground_truth: str) -> float:
+    """:func:`graded_slowly` that SIGALRM cannot interrupt (stands in for a long C call); only for worker
+    processes."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    return graded_slowly(response, ground_truth)
+
+
+#: What :func:`reward_by_name` returns for each response.
+REWARDS_BY_NAME: dict[str, Any] = {
+    "two": 2.0,
+    "nan": float("nan"),
+    "inf": float("inf"),
+    "negative": -0.5,
+    "none": None,
+    "text": "1",
+    "list": [1.0],
+    "half": 0.5,
+    "true": True,
+    "result": math_module.VerifyResult(0.5, "correct"),
+    "bad_result": math_module.VerifyResult(3.0, "correct"),
+}
+
+
+def reward_by_name(response: str, ground_truth: str) -> Any:
+    """A user reward that returns :data:`REWARDS_BY_NAME` ``[response]`` (the first word of a longer response)."""
+    return REWARDS_BY_NAME[response.split(" ")[0]]
