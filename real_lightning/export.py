@@ -5,6 +5,8 @@
 The checkpoint is a Lightning ``.ckpt`` file or a distributed checkpoint (a directory of shards written
 under FSDP); it is read in one process, without a process group. The architecture and tokenizer come
 from the run's ``model.pretrained`` (stored in the checkpoint) unless ``--pretrained`` names another copy.
+A directory is read without running anything from it (:mod:`real_lightning.checkpoint_safety`): one whose
+metadata or entries name anything but checkpoint metadata and plain data is refused.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import torch
 
+from real_lightning.checkpoint_safety import load_distributed_checkpoint
 from real_lightning.dtypes import torch_dtype
 from real_lightning.policy.loading import load_policy, load_tokenizer
 
@@ -23,10 +26,8 @@ _PREFIX = "policy."
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A Lightning checkpoint as a dict (``state_dict``, ``hyper_parameters``, ...), sharded or not."""
-    if path.is_dir():
-        from lightning.fabric.utilities.load import _load_distributed_checkpoint
-
-        return _load_distributed_checkpoint(path)
+    if path.is_dir():  # read without unpickling anything but checkpoint metadata and plain data
+        return load_distributed_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     return torch.load(path, map_location="cpu", weights_only=True)

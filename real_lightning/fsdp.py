@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
+from real_lightning.checkpoint_safety import check_checkpoint_dir
 from real_lightning.dtypes import torch_dtype
 from real_lightning.policy.loading import load_policy, resolve_pretrained
 
@@ -67,6 +69,14 @@ class FSDP2Strategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         self._data_parallel_size = self.num_nodes * self.num_processes  # "auto" would mean num_nodes
         super().setup_environment()
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's loading, after :func:`~real_lightning.checkpoint_safety.check_checkpoint_dir` has read a
+        checkpoint directory without running code from it (torch unpickles its ``.metadata``); ``meta.pt`` and
+        single files load with ``weights_only=True`` unless asked otherwise."""
+        if Path(checkpoint_path).is_dir():
+            check_checkpoint_dir(checkpoint_path)
+        return super().load_checkpoint(checkpoint_path, weights_only=True if weights_only is None else weights_only)
 
 
 def is_sharded(module: nn.Module) -> bool:
