@@ -7,18 +7,34 @@ real-lightning validate -c configs/quickstart.yaml --model.pretrained runs/quick
 
 from __future__ import annotations
 
+import copy
+import signal
 import sys
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from real_lightning.callbacks.pass_at_k import PassAtKLogger
 from real_lightning.callbacks.run_health import RunHealthMonitor
+from real_lightning.callbacks.stopping import GracefulStop, StopRequested
 from real_lightning.data.datamodule import RolloutDataModule
 from real_lightning.module import RealPolicyModule
-from real_lightning.resume import attach_loggers_to_run
+from real_lightning.resume import (
+    ALLOW_FLAG,
+    REFUSED,
+    RunOptions,
+    check_changes,
+    flatten_options,
+    hparams_options,
+    keep_logs_before,
+    option_changes,
+    read_checkpoint_info,
+    resolve_checkpoint,
+    saved_options,
+)
 
 
 class RealLightningCLI(LightningCLI):
@@ -29,7 +45,9 @@ class RealLightningCLI(LightningCLI):
     ``--health.patience 10``) and, for ``fit``,
     ``--validate_before_fit`` (measure the starting policy first, so that the run reports
     "Pass@1 before: …, after: …"). ``fit --ckpt_path last`` (or a checkpoint path) resumes the run
-    into its own log folder (:mod:`real_lightning.resume`) and skips the validation before fit.
+    into its own log folder (:mod:`real_lightning.resume`) and skips the validation before fit: it lists the
+    options changed since the checkpoint, applies them (lr included) and refuses those that change what the
+    run is unless ``--resume_allow_changes`` names them.
     """
 
     @override
@@ -42,17 +60,62 @@ class RealLightningCLI(LightningCLI):
             default=False,
             help="run a full validation before training starts (fit only)",
         )
+        parser.add_argument(
+            ALLOW_FLAG,
+            type=list[str],
+            default=[],
+            help=(
+                "fit --ckpt_path: options that may differ from the checkpoint's although they change what the run is "
+                f"(names or groups, or [all]): {', '.join(REFUSED)}. Other changes (lr, max_steps, logging, "
+                "validation, ...) always apply and are listed"
+            ),
+        )
+
+    def _parse_ckpt_path(self) -> None:
+        """``fit``: keep the options given (Lightning would replace the model's with the checkpoint's);
+        :meth:`before_fit` compares them. ``validate``/``test``: Lightning's behaviour."""
+        if self.config.get("subcommand") != "fit":
+            super()._parse_ckpt_path()
 
     def _pass_at_k(self) -> PassAtKLogger | None:
         return next((cb for cb in self.trainer.callbacks if isinstance(cb, PassAtKLogger)), None)
 
+    def _run_options(self) -> dict:
+        """This run's options (the configuration as ``--print_config`` shows it), saved in its checkpoints."""
+        self._dump_config()
+        return copy.deepcopy(self.config_dump)
+
     def before_fit(self) -> None:
-        ckpt_path = self.config[self.subcommand].get("ckpt_path")
-        resuming = attach_loggers_to_run(self.trainer, ckpt_path) is not None or (
-            ckpt_path is not None and Path(ckpt_path).exists()
-        )
-        if self.config[self.subcommand].get("validate_before_fit") and not resuming:
+        config = self.config[self.subcommand]
+        options = self._run_options()
+        model, optimizer = config["model"], None
+        if config.get("optimizer") is None and config.get("lr_scheduler") is None:  # the module's own AdamW
+            optimizer = {"lr": model["lr"], "betas": tuple(model["betas"]), "weight_decay": model["weight_decay"]}
+        self.trainer.callbacks.append(RunOptions(options, optimizer))  # saved in checkpoints; lr etc. on resume
+        self.trainer.callbacks.append(GracefulStop())  # last: SIGTERM/SIGINT stop after a step, with a checkpoint
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path is not None:
+            checkpoint = resolve_checkpoint(self.trainer, str(ckpt_path))
+            step = self._check_resume(checkpoint, options, config.get("resume_allow_changes") or [])
+            keep_logs_before(self.trainer, step)
+            self.config_init[self.subcommand]["ckpt_path"] = str(checkpoint)  # `last` resolved: the one compared
+        elif config.get("validate_before_fit"):
             self.trainer.validate(self.model, datamodule=self.datamodule)
+
+    def _check_resume(self, checkpoint: Path, options: dict, allowed: list[str]) -> int:
+        """Compare the checkpoint's options with this run's: report the changes, refuse those in ``REFUSED``
+        (:class:`~real_lightning.resume.ResumeRefused`) unless allowed; returns the checkpoint's step."""
+        info = read_checkpoint_info(checkpoint)  # weights_only, memory-mapped; a directory checked first
+        step = int(info["global_step"])
+        old = saved_options(info)
+        if old is not None:
+            new = flatten_options(options)
+        else:  # a checkpoint written without RunOptions: the hyper-parameters only
+            old = hparams_options(info.get("hyper_parameters", {}), info.get("datamodule_hyper_parameters", {}))
+            new = hparams_options(self.model.hparams, self.datamodule.hparams)
+            rank_zero_info(f"{checkpoint} holds only hyper-parameters: data.train and trainer options not compared")
+        rank_zero_info(check_changes(checkpoint, step, option_changes(old, new, allowed)))
+        return step
 
     def after_fit(self) -> None:
         callback = self._pass_at_k()
@@ -75,12 +138,19 @@ def main(args: list[str] | None = None) -> None:
 
         plot_main(argv[1:])
         return
-    RealLightningCLI(
-        RealPolicyModule,
-        RolloutDataModule,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    try:
+        RealLightningCLI(
+            RealPolicyModule,
+            RolloutDataModule,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except StopRequested as stop:  # SIGTERM/SIGINT during fit: a checkpoint was written
+        rank_zero_info(str(stop))
+        sys.exit(stop.exit_code)
+    except SIGTERMException:  # Lightning's own SIGTERM stop (validate, test): no checkpoint to keep
+        rank_zero_info("Stopped by SIGTERM")
+        sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -203,7 +203,11 @@ def fused_head_logprobs(
 
     The head's ``forward`` is swapped for one that takes the hidden states it is given ([B, k, H], the
     last k positions: ``targets`` is [B, k]), stores ``{"logprobs": [B, k], "entropy": [B, k] or None}``
-    in the yielded dict and returns an empty [B, k, 0] tensor as the model's "logits".
+    in the yielded dict and returns the log-probs as the model's "logits", [B, k, 1]. Read the log-probs
+    from the model's output (``logits[..., 0]``), not from the dict: the gradient must flow back through the
+    model's output, where wrappers hook their backward. FSDP2 re-gathers the root's parameters (the head's
+    weight among them) in a pre-backward hook on the root module's outputs; log-probs taken from a side channel
+    reach the head's backward with the weight's storage already freed.
     """
     head = check_fusable(model)
     result: dict[str, Tensor | None] = {}
@@ -224,7 +228,7 @@ def fused_head_logprobs(
         )
         result["logprobs"] = logprobs.view(batch, keep)
         result["entropy"] = entropy.view(batch, keep) if entropy is not None else None
-        return hidden.new_empty(batch, keep, 0)
+        return result["logprobs"].unsqueeze(-1)
 
     head.forward = forward  # an instance attribute shadows nn.Linear.forward for this call only
     try:

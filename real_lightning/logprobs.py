@@ -321,10 +321,11 @@ def sequence_logprobs(
         with fused_head_logprobs(
             model, targets, temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy
         ) as fused:
-            model(**kwargs)
+            output = model(**kwargs)
         if "logprobs" not in fused:
             raise RuntimeError(f"{type(model).__name__}.forward did not call its LM head: set fused_head false")
-        logprobs, entropy = fused["logprobs"], fused["entropy"]
+        # through the model's output (FSDP2 prepares the head's weight for the backward there), not fused[...]
+        logprobs, entropy = (output.logits if hasattr(output, "logits") else output[0])[..., 0], fused["entropy"]
         return logprobs[:, :-1], (entropy[:, :-1] if entropy is not None else None)
     if support:
         kwargs["logits_to_keep"] = keep

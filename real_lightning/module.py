@@ -28,7 +28,7 @@ from real_lightning.dtypes import torch_dtype
 from real_lightning.fsdp import FSDPConfig, empty_policy, full_state_dict, is_sharded, materialize, total_grad_norm
 from real_lightning.fused_head import check_fusable
 from real_lightning.logprobs import sequence_logprobs
-from real_lightning.losses import LOSSES
+from real_lightning.losses import LOSSES, check_loss_options
 from real_lightning.losses.kl import KLPenalty
 from real_lightning.policy.loading import BUILTIN, load_policy, load_tokenizer
 from real_lightning.reference import ReferencePolicy
@@ -110,6 +110,7 @@ class RealPolicyModule(LightningModule):
         self.loss_fn = LOSSES[loss]
         self.loss_kwargs = dict(loss_kwargs or {})
         _check_loss_kwargs(loss, self.loss_kwargs)
+        check_loss_options(loss, self.loss_kwargs)  # ranges (tau > 0, clip >= 0, ...) at startup
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         self.tokenizer = load_tokenizer(pretrained)

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from real_lightning.allocation import allocation_stats
+from real_lightning.callbacks.log_folder import local_log_folder, resolve_log_folder
 from real_lightning.callbacks.periodic import PeriodicStepCallback, logger_step
 from real_lightning.groups import NEGATIVE, POSITIVE
 
@@ -27,9 +28,16 @@ class GradientWeightMonitor(PeriodicStepCallback):
     - scalars ``weights/{pos,neg}_abs_max``, ``_abs_mean``, ``weights/domination_max`` / ``_mean``,
       ``weights/pos_zero_fraction`` and ``weights/rank_corr_{pos,neg}``
       (see :func:`~real_lightning.allocation.allocation_stats`);
-    - optionally every rollout (step, group, label, score, weight, length) to
+    - optionally every rollout (step, rank, group, label, score, weight, length, reward) to
       ``<log_dir>/<records_dir>/step_XXXXXXX.parquet`` (one file per logged step: a resumed run
-      rewrites the same names, never duplicates them; read the folder with ``pandas.read_parquet``).
+      rewrites the same names, never duplicates them; read the folder with ``pandas.read_parquet``). Under
+      several processes each rank writes its own share of the step's rollouts,
+      ``step_XXXXXXX_rank<R>.parquet`` (group ids are per rank: group by ``rank`` and ``group``).
+
+    Under several processes the logged scalars and histograms describe rank 0's share of the step's rollouts
+    (the groups are spread over the ranks whole, so each share is a sample of the step's groups); the records
+    hold every rank's. Nothing here communicates between ranks: the log folder is resolved on every rank in
+    ``setup`` (:mod:`~real_lightning.callbacks.log_folder`).
 
     Logger events carry Lightning's step of the same batch's ``train/*`` scalars (optimizer steps before this
     one); the records' ``step`` is the optimizer steps taken, this one included.
@@ -51,9 +59,15 @@ class GradientWeightMonitor(PeriodicStepCallback):
         super().__init__(every_n_steps)
         self.histograms = histograms
         self.records_dir = records_dir
+        self._folder: Path | None = None
 
     def __repr__(self) -> str:
         return f"GradientWeightMonitor(every_n_steps={self.every_n_steps}, records_dir={self.records_dir!r})"
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.records_dir:
+            self._folder = resolve_log_folder(trainer) / self.records_dir  # every rank: a collective
 
     @override
     def on_train_batch_end(
@@ -74,7 +88,7 @@ class GradientWeightMonitor(PeriodicStepCallback):
                     values = weights[labels == label].detach().float().cpu()
                     if values.numel():
                         logger.experiment.add_histogram(f"weights/{name}", values, global_step=logged_at)
-        if self.records_dir and trainer.is_global_zero:
+        if self.records_dir:
             self._write_records(trainer, step, weights, scores, labels, rollouts)
         self.mark_done(trainer)
 
@@ -97,12 +111,13 @@ class GradientWeightMonitor(PeriodicStepCallback):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / self.records_dir
+        folder = self._folder or local_log_folder(trainer) / str(self.records_dir)  # setup not run: one process
         folder.mkdir(parents=True, exist_ok=True)
         size = weights.numel()
         table = pa.table(
             {
                 "step": [step] * size,
+                "rank": [trainer.global_rank] * size,
                 "group": rollouts.group_ids.cpu().tolist(),
                 "label": labels.cpu().tolist(),
                 "score": scores.double().cpu().tolist(),
@@ -111,4 +126,5 @@ class GradientWeightMonitor(PeriodicStepCallback):
                 "reward": rollouts.rewards.double().cpu().tolist(),
             }
         )
-        pq.write_table(table, folder / f"step_{step:07d}.parquet")
+        suffix = f"_rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        pq.write_table(table, folder / f"step_{step:07d}{suffix}.parquet")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import MeanMetric, SumMetric
 from typing_extensions import override
 
+from real_lightning.callbacks.log_folder import local_log_folder
 from real_lightning.evaluation import BenchmarkResult, with_average, write_tables
 from real_lightning.metrics import PassAtK
 from real_lightning.rollout.batch import ValidationRollouts
@@ -99,8 +99,7 @@ class PassAtKLogger(Callback):
             pl_module.log(f"{stage}/{r.name}/response_length_mean", r.length, add_dataloader_idx=False)
             pl_module.log(f"{stage}/{r.name}/truncation_rate", r.truncated, add_dataloader_idx=False)
         if self.tables and results and not trainer.sanity_checking and trainer.is_global_zero:
-            # the logger's folder: trainer.log_dir would be a collective (a broadcast), and only rank 0 is here
-            folder = Path(getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir) / "evaluation"
+            folder = local_log_folder(trainer) / "evaluation"  # rank 0 only: no collective (not trainer.log_dir)
             model = getattr(pl_module, "hparams", {}).get("pretrained", type(pl_module).__name__)
             label = f"{model} (step {trainer.global_step})"
             write_tables(results, folder, trainer.global_step, label=label)

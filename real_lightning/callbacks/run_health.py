@@ -18,14 +18,16 @@ import re
 import statistics
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
 from real_lightning.callbacks.health_advice import explain, graded_total
+from real_lightning.callbacks.log_folder import local_log_folder
 from real_lightning.callbacks.periodic import logger_step
+from real_lightning.callbacks.stopping import stop_checkpoint_path
+from real_lightning.callbacks.watchdog import WatchdogHooks
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ _SUSTAINED_BOUNDS: dict[str, tuple[str, int]] = {
 }
 
 
-class RunHealthMonitor(Callback):
+class RunHealthMonitor(WatchdogHooks):
     """Say when a run has stopped learning, why, and what to try (see the module docstring).
 
     A *sustained* finding starts when the mean of its value over the last ``patience`` steps is past its bound
@@ -122,6 +124,10 @@ class RunHealthMonitor(Callback):
             still on; it stops again when one starts anew or an event recurs.
         log_every_n_steps: log ``health/*`` every this many steps (None: the trainer's ``log_every_n_steps``)
             and at every step a finding starts.
+        stall_timeout_s: a rank that finishes no step, validation batch or checkpoint in this many seconds ends the
+            run: every rank still running prints its threads' stacks and which rank(s) did not arrive, and exits
+            with code 124 (:mod:`~real_lightning.callbacks.watchdog`). Generous for GPU jobs (one step of the
+            paper recipe takes minutes); None: off.
 
     Example:
         >>> RunHealthMonitor(patience=10, stop_on=["no_learning_signal"])
@@ -146,6 +152,7 @@ class RunHealthMonitor(Callback):
         verifier_failure_rate: float = 0.05,
         stop_on: list[str] | None = None,
         log_every_n_steps: int | None = None,
+        stall_timeout_s: float | None = 1800.0,
     ) -> None:
         for option, value in (("patience", patience), ("entropy_baseline_steps", entropy_baseline_steps)):
             if value < 1:
@@ -165,6 +172,9 @@ class RunHealthMonitor(Callback):
         self.verifier_failure_rate = verifier_failure_rate
         self.stop_on = list(stop_on or [])
         self.log_every_n_steps = log_every_n_steps
+        if stall_timeout_s is not None and not stall_timeout_s > 0:
+            raise ValueError(f"RunHealthMonitor: stall_timeout_s must be > 0 or null, got {stall_timeout_s}")
+        self.stall_timeout_s = stall_timeout_s
         self._reset_state()
 
     def __repr__(self) -> str:
@@ -311,6 +321,7 @@ class RunHealthMonitor(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        self.beat(f"step {trainer.global_step} done")
         step_outputs = outputs if isinstance(outputs, dict) else {}
         skipped = bool(step_outputs.get("skipped", False))
         metrics = dict(step_outputs.get("metrics") or {})
@@ -382,13 +393,13 @@ class RunHealthMonitor(Callback):
     def _write_json(self, trainer: Trainer) -> None:
         if not trainer.is_global_zero:
             return
-        folder = Path(getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir)
+        folder = local_log_folder(trainer)  # rank 0 only: no collective (not trainer.log_dir)
         folder.mkdir(parents=True, exist_ok=True)
         report = {"steps": self.last_step, "findings": [asdict(f) for f in self.findings.values()]}
         (folder / "health.json").write_text(json.dumps(report, indent=2) + "\n")
 
     def _stop(self, trainer: Trainer, names: list[str]) -> None:
-        path = _stop_checkpoint(trainer)
+        path = stop_checkpoint_path(trainer, "health-stop")
         trainer.save_checkpoint(path)
         trainer.should_stop = True
         resume = "last" if path.stem == "last" else str(path)
@@ -439,17 +450,3 @@ def _number(value: Any) -> float:
 def _say(trainer: Trainer, text: str) -> None:
     if trainer.is_global_zero:
         log.warning(text)
-
-
-def _stop_checkpoint(trainer: Trainer) -> Path:
-    """The ModelCheckpoint's ``last.ckpt`` when it keeps one (``--ckpt_path last`` finds it), else a named file."""
-    callback = trainer.checkpoint_callback
-    dirpath = getattr(callback, "dirpath", None)
-    if dirpath and getattr(callback, "save_last", False):
-        return Path(dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
-    folder = (
-        Path(dirpath)
-        if dirpath
-        else Path(getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir) / "checkpoints"
-    )
-    return folder / f"health-stop-step={trainer.global_step}.ckpt"

@@ -12,10 +12,16 @@ from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
 from real_lightning.data.config import PromptFormat, ValidationConfig, VerifierConfig
-from real_lightning.data.prompts import TokenizedPrompt, tokenize_prompts
+from real_lightning.data.prompts import (
+    TokenizedPrompt,
+    model_positions,
+    prompt_limit,
+    tokenize_prompts,
+    warn_past_positions,
+)
 from real_lightning.data.sources import DatasetSpec, load_dataset_spec
 from real_lightning.rollout.collector import RolloutCollector
-from real_lightning.rollout.engine import RolloutEngine
+from real_lightning.rollout.engine import RolloutEngine, check_training_temperature
 from real_lightning.rollout.hf import HFEngine
 from real_lightning.rollout.requests import PromptOrder, RolloutRequests, ValidationRequests
 from real_lightning.rollout.schedule import RolloutSchedule
@@ -35,10 +41,13 @@ class RolloutDataModule(LightningDataModule):
         train: the training prompts.
         val: named validation sets (e.g. ``{math500: {source: ../shared/data/math500.parquet}}``);
             each is logged as ``val/<name>/pass@k``.
-        engine: the rollout engine (default: ``HFEngine()``); its temperature is the one log-probs use.
-        val_engine: engine for validation (default: the training engine).
+        engine: the rollout engine (default: ``HFEngine()``); its temperature is the one log-probs use, and
+            ``fit`` refuses temperature 0 (greedy: the rollouts of a group would be identical).
+        val_engine: engine for validation (default: the training engine); it may sample greedily.
         schedule: rollout batch, mini-batch and micro-batch sizes (prompt counts over all ranks).
-        prompts: prompt length limit and suffix.
+        prompts: prompt length limit and suffix. Training prompts that leave the model's positions
+            (``max_position_embeddings`` of the tokenizer's model) no room for ``max_new_tokens`` are dropped too
+            (validation prompts are only counted: a benchmark keeps all its problems).
         verifier: the reward function and its budget.
         validation: samples per validation prompt and chunk size.
         seed: prompt order, sampling seeds and validation sampling.
@@ -74,6 +83,7 @@ class RolloutDataModule(LightningDataModule):
             verifier.answer_after_think,
             truncated_is_wrong,
             grader=verifier.grader,
+            batch_timeout_s=verifier.batch_timeout_s,
         )
         self.seed = seed
         # logged next to the module's hyper-parameters (and saved in checkpoints): how rollouts are scored,
@@ -101,10 +111,21 @@ class RolloutDataModule(LightningDataModule):
         """Use this tokenizer (normally taken from the trainer's module in :meth:`setup`)."""
         self.tokenizer = tokenizer
 
-    def _tokenize(self, spec: DatasetSpec, name: str) -> list[TokenizedPrompt]:
+    def _tokenize(self, spec: DatasetSpec, name: str, positions: int | None = None) -> list[TokenizedPrompt]:
+        """The dataset's prompts as tokens; those longer than ``prompts.max_length``, or (training prompts) than
+        the model's ``positions`` leave room for before the engine's ``max_new_tokens``, dropped and counted."""
         loaded = load_dataset_spec(spec, name)
         fmt = self.prompt_format
-        return tokenize_prompts(loaded.records, self.tokenizer, fmt.max_length, fmt.suffix, name)
+        max_length, reason = prompt_limit(fmt.max_length, positions, self.engine.max_new_tokens)
+        return tokenize_prompts(loaded.records, self.tokenizer, max_length, fmt.suffix, name, reason)
+
+    def _tokenize_val(self, spec: DatasetSpec, name: str, positions: int | None) -> list[TokenizedPrompt]:
+        """A validation set's prompts: only ``prompts.max_length`` drops any (a benchmark keeps its problems,
+        so that Pass@k is over all of them); those past the model's positions are counted in a warning."""
+        prompts = self._tokenize(spec, name)
+        limit, reason = prompt_limit(self.prompt_format.max_length, positions, self.val_engine.max_new_tokens)
+        warn_past_positions(prompts, limit, reason, name)
+        return prompts
 
     @override
     def setup(self, stage: str) -> None:
@@ -114,8 +135,11 @@ class RolloutDataModule(LightningDataModule):
                     "RolloutDataModule needs a tokenizer: use it with RealPolicyModule or call attach_tokenizer()"
                 )
             self.tokenizer = self.trainer.lightning_module.tokenizer
+        if stage == "fit":
+            check_training_temperature(self.engine.temperature)
         if self.trainer is not None:
             self._rank, self._world = self.trainer.global_rank, self.trainer.world_size
+        positions = model_positions(self.tokenizer)  # the model's positions bound prompt + response
         if self.collector is None:
             self.collector = RolloutCollector(
                 prompts=[],
@@ -126,13 +150,13 @@ class RolloutDataModule(LightningDataModule):
                 seed=self.seed,
                 rank=self._rank,
                 world_size=self._world,
-                val_prompts={name: self._tokenize(spec, name) for name, spec in self.val_specs.items()},
+                val_prompts={name: self._tokenize_val(spec, name, positions) for name, spec in self.val_specs.items()},
                 val_engine=self.val_engine,
                 val_samples=self.validation.samples,
             )
         if stage == "fit" and not self.collector.prompts:
             self.schedule.check_world_size(self._world)
-            self.collector.prompts = self._tokenize(self.train_spec, "train")
+            self.collector.prompts = self._tokenize(self.train_spec, "train", positions)
             self.collector.order = PromptOrder(len(self.collector.prompts), self.seed)
         if self._pending_state is not None:
             self.collector.load_state_dict(self._pending_state)

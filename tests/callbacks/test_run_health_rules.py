@@ -234,8 +234,8 @@ class FakeTrainer(SimpleNamespace):
 
     def __init__(self, root: Path, monitor: RunHealthMonitor) -> None:
         super().__init__(
-            callback_metrics={}, global_step=0, log_every_n_steps=1, loggers=[], logger=None, world_size=1,
-            default_root_dir=str(root), is_global_zero=True, checkpoint_callback=None, should_stop=False,
+            callback_metrics={}, global_step=0, log_every_n_steps=1, loggers=[], logger=None, log_dir=None,
+            world_size=1, default_root_dir=str(root), is_global_zero=True, checkpoint_callback=None, should_stop=False,
             sanity_checking=False, state=SimpleNamespace(fn="fit"), saved={}, monitor=monitor,
         )  # fmt: skip
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import signal as signal_module
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,32 @@ class KillAtStep(Callback):
     ) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalAtStep(Callback):
+    """Sends ``signal`` (a name: SIGTERM, SIGINT, SIGSTOP) to its own process when optimizer step ``step`` starts
+    (1-based: the step that will end with ``global_step == step``), on rank ``rank`` only (None: every rank)."""
+
+    def __init__(self, step: int, signal: str = "SIGTERM", rank: int | None = None) -> None:
+        self.step, self.signum, self.rank = step, getattr(signal_module, signal), rank
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step - 1 and self.rank in (None, trainer.global_rank):
+            os.kill(os.getpid(), self.signum)
+
+
+class RankZeroLogDir(Callback):
+    """The bug this suite guards against, on purpose: rank 0 alone reads ``trainer.log_dir`` (a broadcast) at
+    the end of step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step == self.step and trainer.is_global_zero:
+            trainer.log_dir
 
 
 class NanLossOnRank(Callback):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,12 +20,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc``'s process group (it was started in a session of its own) and reap ``proc``."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no output)"
 
 
-def run_ranks(args: list[str], world_size: int, logs: Path, timeout_s: float = 420, exit_code: int = 0) -> list[str]:
+def run_ranks(
+    args: list[str],
+    world_size: int,
+    logs: Path,
+    timeout_s: float = 420,
+    exit_code: int = 0,
+    module: list[str] = ("real_lightning.cli",),
+) -> list[str]:
     """Run ``python -m real_lightning.cli *args`` as ranks 0..world_size-1 of one job; returns each rank's output.
+
+    ``module`` replaces ``real_lightning.cli`` (with its own leading arguments), e.g. the collective tracer.
 
     The processes get the torchelastic environment (RANK, LOCAL_RANK, WORLD_SIZE, ...), which Lightning
     takes as an external launch. Raises ``AssertionError`` naming the ranks that exited with another code
@@ -50,8 +68,12 @@ def run_ranks(args: list[str], world_size: int, logs: Path, timeout_s: float = 4
         }
         out = (logs / f"rank{rank}.log").open("w")
         files.append(out)
-        cmd = [sys.executable, "-m", "real_lightning.cli", *args]
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
+        cmd = [sys.executable, "-m", *module, *args]
+        # a session per rank: the timeout kills the rank with its worker processes (a rank blocked in a collective
+        # ignores SIGTERM, so SIGKILL)
+        procs.append(
+            subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        )
     deadline = time.monotonic() + timeout_s
     try:
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
@@ -62,9 +84,7 @@ def run_ranks(args: list[str], world_size: int, logs: Path, timeout_s: float = 4
     finally:
         stalled = [rank for rank, p in enumerate(procs) if p.poll() is None]
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+            kill_group(p)
         for f in files:
             f.close()
     failed = [rank for rank, p in enumerate(procs) if p.returncode != exit_code and rank not in stalled]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -105,17 +106,20 @@ def test_a_skipped_update_on_one_rank_does_not_hang_the_other(policy_dir, tmp_pa
     assert "update skipped" in outputs[0]
 
 
-@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
-def test_two_process_resume_after_sigkill_is_exact(tmp_path, fsdp) -> None:
-    """Both ranks SIGKILLed mid rollout batch, resumed with --ckpt_path last: every rank's steps bit-identical
-    (FSDP2: from a distributed checkpoint, a directory of shards). HF generation on the shipped policy, rank 1
-    capped at 4 new tokens: the ranks' generate calls end at different lengths (a sharded policy must keep
-    every rank decoding until all are done)."""
+@pytest.mark.parametrize(("fsdp", "stop"), [(False, "sigkill"), (True, "sigkill"), (True, "sigterm")])
+def test_two_process_resume_after_a_stop_is_exact(tmp_path, fsdp, stop) -> None:
+    """Both ranks SIGKILLed mid rollout batch (after step 3, before its checkpoint), or rank 0 alone SIGTERMed
+    during step 3 (both ranks finish it, write last.ckpt at step 3 and exit 143), resumed with --ckpt_path last:
+    every rank's steps bit-identical (FSDP2: from a distributed checkpoint, a directory of shards). HF generation
+    on the shipped policy, rank 1 capped at 4 new tokens: the ranks' generate calls end at different lengths (a
+    sharded policy must keep every rank decoding until all are done)."""
     checkpoint = {
         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
         "init_args": {"every_n_train_steps": 1, "save_last": True},
     }
     kill = {"class_path": "tests.pipeline.callbacks_for_tests.KillAtStep", "init_args": {"step": 3}}
+    if stop == "sigterm":
+        kill = {"class_path": "tests.pipeline.callbacks_for_tests.SignalAtStep", "init_args": {"step": 3, "rank": 0}}
     common = ["--data.schedule.prompts_per_minibatch", "2", "--trainer.enable_checkpointing", "true"]
     common += ["--data.verifier.reward", "math"]
     shorter = {
@@ -129,7 +133,9 @@ def test_two_process_resume_after_sigkill_is_exact(tmp_path, fsdp) -> None:
     straight = args("straight", [shorter, checkpoint])
     run_ranks(straight, 2, tmp_path / "straight" / "logs")
     broken = args("broken", [shorter, kill, checkpoint])
-    run_ranks(broken, 2, tmp_path / "broken" / "logs", exit_code=-9)
+    outputs = run_ranks(broken, 2, tmp_path / "broken" / "logs", exit_code={"sigkill": -9, "sigterm": 143}[stop])
+    if stop == "sigterm":
+        assert "Stopped by SIGTERM after step 3" in outputs[0] and "--ckpt_path last" in outputs[0], outputs[0][-2000:]
     names = ("steps.jsonl", "steps.jsonl.rank1")
     for name in names:
         (tmp_path / "broken" / name).rename(tmp_path / "broken" / f"killed_{name}")
@@ -137,8 +143,11 @@ def test_two_process_resume_after_sigkill_is_exact(tmp_path, fsdp) -> None:
     run_ranks([*resumed, "--ckpt_path", "last"], 2, tmp_path / "broken" / "logs2")
     for name in names:
         expected, after = step_records(tmp_path / "straight" / name), step_records(tmp_path / "broken" / name)
-        assert sorted(after) == [3, 4]  # resumed from the checkpoint of step 2: mini-batch 2 of rollout batch 0
-        assert after[3]["request"] == [2, 0, 2]
+        if stop == "sigkill":
+            assert sorted(after) == [3, 4]  # resumed from the checkpoint of step 2: mini-batch 2 of rollout batch 0
+            assert after[3]["request"] == [2, 0, 2]
+        else:
+            assert sorted(after) == [4]  # from the stop's checkpoint of step 3
         for step in after:
             assert after[step] == expected[step], f"{name}, step {step}"
     # rank 1 generated at most 4 tokens, rank 0 up to 12: their generate calls ended at different lengths
@@ -181,3 +190,22 @@ def test_health_stop_on_stops_every_rank_with_a_checkpoint_that_resumes(tmp_path
         assert sorted(step_records(tmp_path / name)) == [3, 4, 5], name
     report = json.loads(next(tmp_path.rglob("health.json")).read_text())
     assert report["steps"] == 5 and "truncation" in [f["name"] for f in report["findings"]]
+
+
+def test_a_stopped_rank_makes_the_others_exit_naming_it(policy_dir, tmp_path) -> None:
+    """Rank 1 is SIGSTOPped at the start of step 2 (a hung GPU, a frozen node): within the stall timeout rank 0
+    prints where each rank is, names rank 1 as the one that did not arrive, dumps its stacks and exits 124 —
+    instead of waiting in its collective forever."""
+    stop = {"class_path": "tests.pipeline.callbacks_for_tests.SignalAtStep", "init_args": {"step": 2}}
+    stop["init_args"] |= {"signal": "SIGSTOP", "rank": 1}
+    args = fit_args(policy_dir, tmp_path, 2, loss="real", extra_callbacks=[stop])
+    args += ["--health.stall_timeout_s", "8"]
+    started = time.monotonic()
+    with pytest.raises(AssertionError) as failure:
+        run_ranks(args, 2, tmp_path / "logs", timeout_s=120)
+    assert time.monotonic() - started < 90
+    message = str(failure.value)
+    assert "rank(s) [1] stalled" in message and "rank(s) [0] failed with exit codes [124]" in message, message
+    rank0 = (tmp_path / "logs" / "rank0.log").read_text()
+    assert "rank(s) [1] did not arrive" in rank0 and "stopped or dead" in rank0, rank0[-3000:]
+    assert "Stall: no progress for" in rank0 and "most recent call first" in rank0  # the report, then the stacks

@@ -18,16 +18,20 @@ REPO = Path(__file__).resolve().parents[2]
 MAX_STEPS, KILL_AT = 8, 6  # 4 optimizer steps per rollout batch: the kill lands inside the second one
 
 
-def _overlay(root: Path, kill: bool) -> Path:
+def _overlay(root: Path, kill: str | None) -> Path:
     callbacks = [
         {
             "class_path": "tests.pipeline.callbacks_for_tests.StepRecorder",
             "init_args": {"path": str(root / "steps.jsonl")},
         }
     ]
-    if kill:
+    if kill == "sigkill":  # after step KILL_AT, before its checkpoint
         callbacks.append(
             {"class_path": "tests.pipeline.callbacks_for_tests.KillAtStep", "init_args": {"step": KILL_AT}}
+        )
+    elif kill == "sigterm":  # during step KILL_AT
+        callbacks.append(
+            {"class_path": "tests.pipeline.callbacks_for_tests.SignalAtStep", "init_args": {"step": KILL_AT}}
         )
     callbacks.append(
         {
@@ -35,12 +39,14 @@ def _overlay(root: Path, kill: bool) -> Path:
             "init_args": {"every_n_train_steps": 1, "save_last": True},
         }
     )
-    path = root / ("overlay_kill.yaml" if kill else "overlay.yaml")
+    path = root / (f"overlay_{kill}.yaml" if kill else "overlay.yaml")
     path.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
     return path
 
 
-def _fit(policy_dir: str, root: Path, *, kill: bool = False, resume: bool = False, dynamic: bool = False) -> int:
+def _fit(
+    policy_dir: str, root: Path, *, kill: str | None = None, resume: bool = False, dynamic: bool = False
+) -> tuple[int, str]:
     args = [
         sys.executable, "-m", "real_lightning.cli", "fit",
         "-c", str(REPO / "configs" / "quickstart.yaml"),
@@ -71,9 +77,9 @@ def _fit(policy_dir: str, root: Path, *, kill: bool = False, resume: bool = Fals
         args += ["--ckpt_path", "last"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "0"}
     done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    if done.returncode not in (0, -9):
+    if done.returncode not in (0, -9, 143):
         raise AssertionError(f"fit failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return done.returncode
+    return done.returncode, done.stdout + done.stderr
 
 
 def _records(root: Path) -> dict[int, dict]:
@@ -82,24 +88,34 @@ def _records(root: Path) -> dict[int, dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dynamic", [False, True], ids=["plain", "dynamic-sampling"])
-def test_sigkill_then_resume_is_bit_identical(policy_dir, tmp_path, dynamic) -> None:
+@pytest.mark.parametrize(
+    ("dynamic", "stop"),
+    [(False, "sigkill"), (True, "sigkill"), (False, "sigterm")],
+    ids=["plain", "dynamic-sampling", "sigterm"],
+)
+def test_stop_then_resume_is_bit_identical(policy_dir, tmp_path, dynamic, stop) -> None:
+    """SIGKILL after step KILL_AT (the checkpoint of step KILL_AT − 1 is the last), or SIGTERM during step KILL_AT
+    (the run finishes the step, writes last.ckpt at KILL_AT, exits 143 and says how to resume)."""
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     straight.mkdir(), broken.mkdir()
-    assert _fit(policy_dir, straight, dynamic=dynamic) == 0
-    assert _fit(policy_dir, broken, kill=True, dynamic=dynamic) == -9
+    assert _fit(policy_dir, straight, dynamic=dynamic)[0] == 0
+    code, output = _fit(policy_dir, broken, kill=stop, dynamic=dynamic)
+    assert code == {"sigkill": -9, "sigterm": 143}[stop], output[-3000:]
     before_kill = _records(broken)
     assert max(before_kill) == KILL_AT and not (broken / "hf").exists()
+    if stop == "sigterm":
+        assert f"Stopped by SIGTERM after step {KILL_AT}" in output and "--ckpt_path last" in output, output[-3000:]
     (broken / "steps.jsonl").rename(broken / "steps_killed.jsonl")
-    assert _fit(policy_dir, broken, resume=True, dynamic=dynamic) == 0
+    assert _fit(policy_dir, broken, resume=True, dynamic=dynamic)[0] == 0
+    first_resumed = KILL_AT if stop == "sigkill" else KILL_AT + 1  # the step after the last checkpoint
 
     expected, resumed = _records(straight), _records(broken)
     assert sorted(expected) == list(range(1, MAX_STEPS + 1))
-    assert sorted(resumed) == list(range(KILL_AT, MAX_STEPS + 1))  # the last checkpoint was step KILL_AT - 1
-    assert resumed[KILL_AT]["request"] == [KILL_AT - 1, 1, 1]  # mini-batch 1 of rollout batch 1: mid rollout
+    assert sorted(resumed) == list(range(first_resumed, MAX_STEPS + 1))
+    assert resumed[first_resumed]["request"][0] == first_resumed - 1  # mid rollout batch 1 (steps 5-8)
     for step in range(1, KILL_AT + 1):
         assert before_kill[step] == expected[step], f"step {step} before the kill"
-    for step in range(KILL_AT, MAX_STEPS + 1):
+    for step in range(first_resumed, MAX_STEPS + 1):
         assert resumed[step] == expected[step], f"step {step} after the resume"
     assert any(r["weights"] and any(w != "0x0.0p+0" for w in r["weights"]) for r in expected.values())
 

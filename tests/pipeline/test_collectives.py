@@ -1,0 +1,66 @@
+"""Every shipped config, as users compose it, on 2 processes: every rank issues the same collectives in the same
+order for a whole fit that passes every callback's period twice (``tests/pipeline/shipped_configs.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.pipeline.collective_trace import first_divergence, read_trace
+from tests.pipeline.launch import run_ranks
+from tests.pipeline.shipped_configs import PERIOD, QUICKSTART, RUNS, composed, fit_args
+
+pytestmark = pytest.mark.distributed
+
+
+def _traced_fit(
+    chain: list[str], root: Path, timeout_s: float = 300, callbacks: list[dict] = (), args: list[str] = ()
+) -> tuple[list[str], dict[int, list[dict]]]:
+    """Run the shrunk chain on 2 traced ranks; on a failure or a hang, say where the collectives first differ."""
+    traces = root / "collectives"
+    try:
+        outputs = run_ranks(
+            [*fit_args(chain, root, callbacks), *args],
+            2,
+            root / "logs",
+            timeout_s,
+            module=["tests.pipeline.collective_trace", str(traces)],
+        )
+    except AssertionError as error:
+        found = {r: read_trace(traces / f"rank{r}.jsonl") for r in (0, 1) if (traces / f"rank{r}.jsonl").exists()}
+        divergence = first_divergence(found) if len(found) == 2 else "(no traces)"
+        raise AssertionError(f"{error}\n\ncollectives: {divergence or 'the same on both ranks'}") from None
+    return outputs, {r: read_trace(traces / f"rank{r}.jsonl") for r in (0, 1)}
+
+
+@pytest.mark.parametrize("chain", [chain for _, chain in RUNS], ids=[name for name, _ in RUNS])
+def test_every_rank_issues_the_same_collectives(tmp_path, chain) -> None:
+    outputs, traces = _traced_fit(chain, tmp_path)
+    assert first_divergence(traces) is None, first_divergence(traces)
+    assert len(traces[0]) > 10  # the tracer saw the run's collectives
+    # every periodic callback of the chain acted at both periods, and validation ran at both
+    callbacks = [c["class_path"].rsplit(".", 1)[-1] for c in composed(chain)["trainer"].get("callbacks", [])]
+    run = next(tmp_path.glob("run/version_*"))
+    if "ModelCheckpoint" in callbacks:
+        saved = sorted(p.name for p in (run / "checkpoints").iterdir())  # save_top_k 1: the newest is kept
+        assert "last.ckpt" in saved and any(f"step={2 * PERIOD}" in name for name in saved), saved
+    dynamic = composed(chain)["data"].get("schedule", {}).get("dynamic_sampling")
+    if "GradientWeightMonitor" in callbacks and not dynamic:  # dynamic sampling may leave a step without rollouts
+        records = sorted(p.name for p in (run / "gradient_weights").iterdir())
+        expected = [f"step_{s:07d}_rank{r}.parquet" for s in (PERIOD, 2 * PERIOD) for r in (0, 1)]
+        assert records == sorted(expected), records
+    assert outputs[0].count("Validate metric") >= 1 or "Pass@1 before" in outputs[0]
+    assert "Pass@1 before" in outputs[0] or "validate_before_fit" not in str(composed(chain))
+
+
+def test_a_collective_on_rank_0_alone_is_caught_and_named(tmp_path) -> None:
+    """The bug class this suite exists for, made on purpose (rank 0 alone reads ``trainer.log_dir``, a broadcast,
+    at step 2): the run does not hang — the stall watchdog ends it — and the failure names the first collective
+    where the ranks differ and the line that issued it."""
+    bug = {"class_path": "tests.pipeline.callbacks_for_tests.RankZeroLogDir", "init_args": {"step": 2}}
+    with pytest.raises(AssertionError) as failure:
+        _traced_fit(QUICKSTART, tmp_path, 120, [bug], ["--health.stall_timeout_s", "10"])
+    message = str(failure.value)
+    assert "the ranks' collectives differ at call" in message, message
+    assert "rank 0: broadcast_object_list" in message and "callbacks_for_tests.py" in message, message
