@@ -221,3 +221,21 @@ def test_a_pinned_tensorboard_folder_is_purged_after_the_checkpoint_only(tmp_pat
     keep_logs_before(trainer, 5)
     assert pinned._kwargs["purge_step"] == 5  # events at steps >= 5 go, the earlier ones stay
     assert "purge_step" not in fresh._kwargs  # a new folder: nothing to purge
+
+
+def test_a_failed_step_names_the_newest_checkpoint_and_how_to_continue(tmp_path, caplog) -> None:
+    """A fatal error writes no checkpoint (the state may hold half a step) but names the newest one and the flag
+    that continues from it."""
+    root = tmp_path
+    failing = {"class_path": "tests.pipeline.callbacks_for_tests.RaiseAtStep", "init_args": {"step": 4}}
+    args = _args(root, "--trainer.max_steps", "5", "--trainer.callbacks+", yaml.dump(failing))
+    with caplog.at_level(logging.ERROR), pytest.raises(RuntimeError, match="broken reward service"):
+        main(args)
+    checkpoints = root / "job" / "pinned" / "checkpoints"
+    message = next(r.getMessage() for r in caplog.records if "The run failed" in r.getMessage())
+    assert message == (
+        "The run failed during step 4 (RuntimeError: broken reward service). The newest checkpoint is "
+        f"{checkpoints / 'last.ckpt'}; once the cause is fixed, continue with the same command and --ckpt_path last "
+        "(the steps after that checkpoint are done again)."
+    )
+    assert {int(r["step"]) for r in _rows(root) if r.get("train/loss")} == {0, 1, 2}  # step 3 of 5 done and kept

@@ -14,11 +14,23 @@ ended by that signal.
 The step in progress finishes first (generation, grading, the update). Grading a batch of responses is told
 to stop early (:func:`real_lightning.verifiers.batch.request_stop`): its remaining responses score 0 as
 timeouts, so a stop does not wait for minutes of slow grading. A second Ctrl-C interrupts at once (no checkpoint).
-A stop asked for during validation takes effect at the end of the next training step.
+
+A stop asked for during a validation inside ``fit`` (the paper's evaluation takes minutes) abandons it after the
+current validation batch, on every rank (the same all-reduce, once per validation batch). The checkpoint is then
+the one the step before the validation would have written: the loops' progress is the one recorded at that step's
+end, so ``--ckpt_path last`` resumes exactly like a stop before the validation — the interrupted validation is
+not run again (Lightning skips the validation of the step a checkpoint was written at) and training continues
+with the next step.
+
+A fatal error (an exception in a step, an out-of-memory) writes no checkpoint: the error can come after the
+optimizer step and before the data position moved, so the state may hold half a step, and under several processes
+the ranks that did not fail wait in a collective and cannot take part. Instead the failing rank says which
+checkpoint is the newest and how to continue from it (:func:`resume_hint`).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import signal
 from pathlib import Path
@@ -65,6 +77,31 @@ def stop_checkpoint_path(trainer: Trainer, name: str) -> Path:
     return folder / f"{name}-step={trainer.global_step}.ckpt"
 
 
+def newest_checkpoint(trainer: Trainer) -> Path | None:
+    """The newest checkpoint file the run's checkpoint callbacks wrote (local: no collective)."""
+    paths = []
+    for callback in trainer.checkpoint_callbacks:
+        for name in ("last_model_path", "best_model_path"):
+            path = getattr(callback, name, "")
+            if path and Path(path).exists():
+                paths.append(Path(path))
+    return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
+
+
+def resume_hint(trainer: Trainer, error: BaseException) -> str:
+    """What to tell a user whose fit failed at a step: the newest checkpoint and how to continue from it."""
+    where = f"on rank {trainer.global_rank} " if trainer.world_size > 1 else ""
+    head = f"The run failed {where}during step {trainer.global_step + 1} ({type(error).__name__}: {error})."
+    newest = newest_checkpoint(trainer)
+    if newest is None:
+        return f"{head} No checkpoint was written before it: the run starts again from the beginning."
+    resume = "last" if newest.stem == "last" else str(newest)
+    return (
+        f"{head} The newest checkpoint is {newest}; once the cause is fixed, continue with the same command and "
+        f"--ckpt_path {resume} (the steps after that checkpoint are done again)."
+    )
+
+
 class GracefulStop(Callback):
     """End ``fit`` after the current optimizer step on SIGTERM or SIGINT, with a checkpoint (module docstring).
 
@@ -76,6 +113,8 @@ class GracefulStop(Callback):
         self.signum: int | None = None
         self._pending: StopRequested | None = None
         self._previous: dict[int, Any] = {}
+        self._loops_at_step_end: dict[str, Any] | None = None  # the fit loop's progress when the last step ended
+        self._in_validation = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT and self.signum == signal.SIGINT:
@@ -110,11 +149,46 @@ class GracefulStop(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        # a copy of the loops' progress as a checkpoint written now records it (small: counters and the loader's
+        # position), for a stop during the validation that may follow
+        self._loops_at_step_end = copy.deepcopy(trainer.fit_loop.state_dict())
         signum = all_reduce_max(self.signum or 0)  # every rank, every step: all stop after the same step
         if signum and self._pending is None:
-            path = stop_checkpoint_path(trainer, "stop")
-            trainer.save_checkpoint(path)  # here, like ModelCheckpoint's: the step done, its state complete
-            self._pending = StopRequested(signum, trainer.global_step, path)
+            self._save_and_stop(trainer, signum)
+
+    def _save_and_stop(self, trainer: Trainer, signum: int) -> None:
+        path = stop_checkpoint_path(trainer, "stop")
+        trainer.save_checkpoint(path)  # here, like ModelCheckpoint's: the step done, its state complete
+        self._pending = StopRequested(signum, trainer.global_step, path)
+
+    def _validating_in_fit(self, trainer: Trainer) -> bool:
+        return trainer.state.fn == "fit" and not trainer.sanity_checking and self._loops_at_step_end is not None
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self._validating_in_fit(trainer):
+            return
+        signum = all_reduce_max(self.signum or 0)  # every rank, every validation batch of a fit
+        if signum and self._pending is None:
+            self._in_validation = True
+            try:
+                self._save_and_stop(trainer, signum)
+            finally:
+                self._in_validation = False
+            self._raise_pending()
+
+    @override
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._in_validation:  # the loops as at the end of the step: resume skips the validation, then trains
+            checkpoint["loops"]["fit_loop"] = copy.deepcopy(self._loops_at_step_end)
 
     # raised at the next hook, once Lightning has logged the step's metrics, and before any validation
     def _raise_pending(self) -> None:
@@ -132,6 +206,12 @@ class GracefulStop(Callback):
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._raise_pending()
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if trainer.state.fn != "fit" or isinstance(exception, (StopRequested, KeyboardInterrupt)):
+            return
+        log.error(resume_hint(trainer, exception))
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

@@ -97,6 +97,33 @@ class SignalAtStep(Callback):
             os.kill(os.getpid(), self.signum)
 
 
+class SignalInValidation(Callback):
+    """Sends ``signal`` to its own process at validation batch ``batch`` of the validation that follows optimizer
+    step ``step`` in a fit, on rank ``rank`` only (None: every rank)."""
+
+    def __init__(self, step: int, batch: int = 0, signal: str = "SIGTERM", rank: int | None = None) -> None:
+        self.step, self.batch, self.signum, self.rank = step, batch, getattr(signal_module, signal), rank
+
+    def on_validation_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        if trainer.global_step == self.step and batch_idx == self.batch and self.rank in (None, trainer.global_rank):
+            os.kill(os.getpid(), self.signum)
+
+
+class RaiseAtStep(Callback):
+    """Raises ``RuntimeError("broken reward service")`` when optimizer step ``step`` starts (1-based)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step - 1:
+            raise RuntimeError("broken reward service")
+
+
 class RankZeroLogDir(Callback):
     """The bug this suite guards against, on purpose: rank 0 alone reads ``trainer.log_dir`` (a broadcast) at
     the end of step ``step``."""

@@ -24,6 +24,8 @@ PERIODIC_OPTIONS = ("every_n_steps", "every_n_train_steps")
 QUICKSTART = ["quickstart.yaml"]
 REPLICATION = ["replication.yaml"]
 PAPER = ["paper/real_r1_distill_qwen_1.5b.yaml"]
+VLLM = [*QUICKSTART, "vllm.yaml"]  # run by `tox -e vllm` (tests/pipeline/test_fsdp_vllm.py)
+EVAL = ["paper/eval.yaml"]  # `real-lightning validate`
 
 # (id, the -c chain, whether the chain shards with FSDP2)
 RUNS: list[tuple[str, list[str]]] = [
@@ -59,8 +61,11 @@ def uses_fsdp(chain: list[str]) -> bool:
     return isinstance(strategy, dict) and strategy.get("class_path", "").endswith("FSDP2Strategy")
 
 
-def shrink_overlay(chain: list[str], root: Path, extra_callbacks: list[dict] = ()) -> Path:
-    """The overlay that makes ``chain`` a ``2 × PERIOD``-step CPU run writing under ``root``."""
+def shrink_overlay(chain: list[str], root: Path, extra_callbacks: list[dict] = (), keep_vllm: bool = False) -> Path:
+    """The overlay that makes ``chain`` a ``2 × PERIOD``-step CPU run writing under ``root``.
+
+    The engine becomes the HF engine, unless ``keep_vllm`` and the chain samples with vLLM: then it stays a
+    ``VLLMEngine`` (on the CPU: float32, eager, short responses)."""
     config = composed(chain)
     callbacks = []
     for callback in config.get("trainer", {}).get("callbacks", []):
@@ -94,11 +99,8 @@ def shrink_overlay(chain: list[str], root: Path, extra_callbacks: list[dict] = (
                 name: {"source": "builtin:arithmetic", "split": "test", "limit": 6, "options": train_options}
                 for name in val_names
             },
-            "engine": {
-                "class_path": "real_lightning.rollout.HFEngine",
-                "init_args": {"max_new_tokens": 8, **sampling},
-            },
-            "schedule": _small_schedule(config["data"]["schedule"]),
+            "engine": _small_engine(engine, sampling, keep_vllm),
+            "schedule": _small_schedule(config["data"].get("schedule", {"prompts_per_rollout": 8})),
             "validation": {"samples": max(config.get("pass_at_k", {}).get("ks", [1])), "prompts_per_batch": 4},
         },
     }
@@ -110,6 +112,20 @@ def shrink_overlay(chain: list[str], root: Path, extra_callbacks: list[dict] = (
     return path
 
 
+VLLM_ENGINE = "real_lightning.rollout.vllm.VLLMEngine"
+
+
+def uses_vllm(chain: list[str]) -> bool:
+    return composed(chain)["data"]["engine"].get("class_path") == VLLM_ENGINE
+
+
+def _small_engine(engine: dict[str, Any], sampling: dict[str, Any], keep_vllm: bool) -> dict[str, Any]:
+    if keep_vllm and engine.get("class_path") == VLLM_ENGINE:
+        options = {"max_new_tokens": 8, "dtype": "float32", "enforce_eager": True, "max_model_len": 64}
+        return {"class_path": VLLM_ENGINE, "init_args": {**sampling, **options}}
+    return {"class_path": "real_lightning.rollout.HFEngine", "init_args": {"max_new_tokens": 8, **sampling}}
+
+
 def _small_schedule(schedule: dict[str, Any]) -> dict[str, Any]:
     """8 prompts × 4 rollouts per rollout batch, keeping the shipped number of optimizer steps per batch (≤ 4)."""
     steps = schedule["prompts_per_rollout"] // schedule.get("prompts_per_minibatch", schedule["prompts_per_rollout"])
@@ -117,12 +133,15 @@ def _small_schedule(schedule: dict[str, Any]) -> dict[str, Any]:
     return {"prompts_per_rollout": 8, "rollouts_per_prompt": 4, "prompts_per_minibatch": 8 // steps}
 
 
-def fit_args(chain: list[str], root: Path, extra_callbacks: list[dict] = ()) -> list[str]:
-    """``real-lightning fit`` arguments of the shrunk chain on 2 ranks (the chain's strategy, else DDP)."""
-    args = ["fit"]
+def fit_args(
+    chain: list[str], root: Path, extra_callbacks: list[dict] = (), command: str = "fit", keep_vllm: bool = False
+) -> list[str]:
+    """``real-lightning fit`` (or ``command``) arguments of the shrunk chain on 2 ranks (the chain's strategy, else
+    DDP)."""
+    args = [command]
     for name in chain:
         args += ["-c", str(CONFIGS / name)]
-    args += ["-c", str(shrink_overlay(chain, root, extra_callbacks)), "--trainer.devices", "2"]
+    args += ["-c", str(shrink_overlay(chain, root, extra_callbacks, keep_vllm)), "--trainer.devices", "2"]
     if not uses_fsdp(chain):
         args += ["--trainer.strategy", "ddp"]
     return args

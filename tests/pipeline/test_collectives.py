@@ -3,40 +3,18 @@ order for a whole fit that passes every callback's period twice (``tests/pipelin
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from tests.pipeline.collective_trace import first_divergence, read_trace
-from tests.pipeline.launch import run_ranks
-from tests.pipeline.shipped_configs import PERIOD, QUICKSTART, RUNS, composed, fit_args
+from tests.pipeline.collective_trace import first_divergence
+from tests.pipeline.shipped_configs import EVAL, PERIOD, QUICKSTART, RUNS, composed
+from tests.pipeline.traced_runs import traced_run
 
 pytestmark = pytest.mark.distributed
 
 
-def _traced_fit(
-    chain: list[str], root: Path, timeout_s: float = 300, callbacks: list[dict] = (), args: list[str] = ()
-) -> tuple[list[str], dict[int, list[dict]]]:
-    """Run the shrunk chain on 2 traced ranks; on a failure or a hang, say where the collectives first differ."""
-    traces = root / "collectives"
-    try:
-        outputs = run_ranks(
-            [*fit_args(chain, root, callbacks), *args],
-            2,
-            root / "logs",
-            timeout_s,
-            module=["tests.pipeline.collective_trace", str(traces)],
-        )
-    except AssertionError as error:
-        found = {r: read_trace(traces / f"rank{r}.jsonl") for r in (0, 1) if (traces / f"rank{r}.jsonl").exists()}
-        divergence = first_divergence(found) if len(found) == 2 else "(no traces)"
-        raise AssertionError(f"{error}\n\ncollectives: {divergence or 'the same on both ranks'}") from None
-    return outputs, {r: read_trace(traces / f"rank{r}.jsonl") for r in (0, 1)}
-
-
 @pytest.mark.parametrize("chain", [chain for _, chain in RUNS], ids=[name for name, _ in RUNS])
 def test_every_rank_issues_the_same_collectives(tmp_path, chain) -> None:
-    outputs, traces = _traced_fit(chain, tmp_path)
+    outputs, traces = traced_run(chain, tmp_path)
     assert first_divergence(traces) is None, first_divergence(traces)
     assert len(traces[0]) > 10  # the tracer saw the run's collectives
     # every periodic callback of the chain acted at both periods, and validation ran at both
@@ -60,7 +38,18 @@ def test_a_collective_on_rank_0_alone_is_caught_and_named(tmp_path) -> None:
     where the ranks differ and the line that issued it."""
     bug = {"class_path": "tests.pipeline.callbacks_for_tests.RankZeroLogDir", "init_args": {"step": 2}}
     with pytest.raises(AssertionError) as failure:
-        _traced_fit(QUICKSTART, tmp_path, 120, [bug], ["--health.stall_timeout_s", "10"])
+        traced_run(QUICKSTART, tmp_path, 120, [bug], ["--health.stall_timeout_s", "10"])
     message = str(failure.value)
     assert "the ranks' collectives differ at call" in message, message
     assert "rank 0: broadcast_object_list" in message and "callbacks_for_tests.py" in message, message
+
+
+def test_the_paper_evaluation_issues_the_same_collectives(tmp_path) -> None:
+    """``real-lightning validate -c configs/paper/eval.yaml`` on 2 processes: six benchmarks × 16 samples, the
+    prompts spread over the ranks, Pass@k gathered — the same collectives on both ranks, the report written."""
+    outputs, traces = traced_run(EVAL, tmp_path, command="validate")
+    assert first_divergence(traces) is None, first_divergence(traces)
+    assert len(traces[0]) > 10
+    report = next(tmp_path.glob("run/version_*/evaluation/latest.md")).read_text()
+    assert all(name in report for name in ("aime24", "aime25", "math500", "amc23", "minerva", "olympiad_bench"))
+    assert "val/average/pass@16" in outputs[0]

