@@ -9,9 +9,9 @@ checkpoint and broadcasts, each rank keeps its shard). The global mini-batch is 
 rollouts of ``benchmarks/update_memory.py``'s synthetic ``RolloutBatch`` (prompt ≤ ``--prompt``, responses
 ≤ ``--response``); rank r of W takes groups r, r + W, ... (the same work in every configuration).
 
-One step = ``real_lightning.update.accumulate_step`` (loss REAL, τ = 0.5, micro-batches of one group, the
+One step = ``real_lightning.step.accumulate.accumulate_step`` (loss REAL, τ = 0.5, micro-batches of one group, the
 loss scaled by the world size as the module does) + the total gradient norm
-(``real_lightning.fsdp.total_grad_norm``) + clipping at 1.0 + ``AdamW.step``. Each configuration is a fresh
+(``real_lightning.policy.sharding.total_grad_norm``) + clipping at 1.0 + ``AdamW.step``. Each configuration is a fresh
 set of processes (``--worker``) with ``--threads`` torch threads each (default: 2 cores shared by the ranks).
 
 Per rank it reports: the exact bytes it holds of parameters, gradients and AdamW state (its shards), and the
@@ -71,11 +71,11 @@ def worker(spec: dict) -> dict:
     rank, world, sharded = spec["rank"], spec["world"], spec["fsdp"]
     if sharded:
         torch.distributed.init_process_group("gloo", rank=rank, world_size=world, init_method=spec["init"])
-    from real_lightning.fsdp import FSDPConfig, empty_policy, load_weights, shard_policy, total_grad_norm
     from real_lightning.logprobs import sequence_logprobs
     from real_lightning.losses import LOSSES
     from real_lightning.policy.loading import load_policy
-    from real_lightning.update import accumulate_step
+    from real_lightning.policy.sharding import FSDPConfig, empty_policy, load_weights, shard_policy, total_grad_norm
+    from real_lightning.step.accumulate import accumulate_step
 
     batch = build_batch(args.groups, args.prompt, args.response, args.vocab)
     mine = batch.take_groups(torch.arange(rank, args.groups, world))

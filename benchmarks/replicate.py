@@ -145,7 +145,7 @@ def execute(run: Run, out: Path, policy: str, extra: list[str], index: int, tota
 
 def summarize(folder: Path) -> dict:
     """A run's curves, health findings and final training reward, read back from its logs."""
-    from real_lightning.viz import load_scalars
+    from real_lightning.analysis.viz import load_scalars
 
     scalars = load_scalars(folder / "tb" / "version_0")
     curves = {tag: [[int(s), float(v)] for s, v in scalars[tag]] for tag in CURVES if tag in scalars}

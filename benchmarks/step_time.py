@@ -246,8 +246,8 @@ def worker_eval(args: argparse.Namespace) -> dict:
 
     from real_lightning.data.arithmetic import ArithmeticTask
     from real_lightning.policy.loading import load_tokenizer
+    from real_lightning.rewards import math_reward
     from real_lightning.rollout.hf import HFEngine
-    from real_lightning.verifiers import math_reward
 
     tokenizer = load_tokenizer(str(POLICY))  # the same tokenizer for every checkpoint
     records = ArithmeticTask().records("test")

@@ -47,7 +47,7 @@ def worker_trl(args: argparse.Namespace) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from real_lightning.verifiers import math_reward
+    from real_lightning.rewards import math_reward
 
     workload = smoke(WORKLOADS[args.workload]) if args.smoke else WORKLOADS[args.workload]
     dataset, model_dir = _dataset_and_model(workload.name, args.long_dir)

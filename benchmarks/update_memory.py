@@ -8,7 +8,7 @@ prompt has between half and all of them); each group draws a longest response be
 token and that; token ids are uniform below the vocabulary; rewards are random 0/1 (so almost every group
 has contrast), except the last group, which is all 0 (no contrast).
 
-One measurement = one call of ``real_lightning.update.accumulate_step`` (loss ``LOSSES["real"]``,
+One measurement = one call of ``real_lightning.step.accumulate.accumulate_step`` (loss ``LOSSES["real"]``,
 ``backward=lambda l: l.backward()``, world size 1, CPU, on-policy: π_old = π_θ.detach()), the
 log-probs computed by ``sequence_logprobs(..., chunk_size=256)`` as ``RealPolicyModule.response_logprobs``
 does, under the budget (max padded tokens, max sequences) of one micro-batch: none (the whole mini-batch
@@ -154,7 +154,7 @@ def worker(spec: dict) -> dict:
     torch.set_num_threads(args.threads)
     from real_lightning.logprobs import sequence_logprobs
     from real_lightning.losses import LOSSES
-    from real_lightning.update import accumulate_step, old_logprobs_pass
+    from real_lightning.step.accumulate import accumulate_step, old_logprobs_pass
 
     model = build_model(args)
     batch = build_batch(args.groups, args.prompt, args.response, args.vocab)

@@ -20,9 +20,7 @@ from typing_extensions import override
 from real_lightning.callbacks.pass_at_k import PassAtKLogger
 from real_lightning.callbacks.run_health import RunHealthMonitor
 from real_lightning.callbacks.stopping import GracefulStop, StopRequested
-from real_lightning.data.datamodule import RolloutDataModule
-from real_lightning.module import RealPolicyModule
-from real_lightning.resume import (
+from real_lightning.checkpoints.resume import (
     ALLOW_FLAG,
     REFUSED,
     RunOptions,
@@ -35,6 +33,8 @@ from real_lightning.resume import (
     resolve_checkpoint,
     saved_options,
 )
+from real_lightning.data.datamodule import RolloutDataModule
+from real_lightning.module import RealPolicyModule
 
 
 class RealLightningCLI(LightningCLI):
@@ -45,7 +45,7 @@ class RealLightningCLI(LightningCLI):
     ``--health.patience 10``) and, for ``fit``,
     ``--validate_before_fit`` (measure the starting policy first, so that the run reports
     "Pass@1 before: …, after: …"). ``fit --ckpt_path last`` (or a checkpoint path) resumes the run
-    into its own log folder (:mod:`real_lightning.resume`) and skips the validation before fit: it lists the
+    into its own log folder (:mod:`real_lightning.checkpoints.resume`) and skips the validation before fit: it lists the
     options changed since the checkpoint, applies them (lr included) and refuses those that change what the
     run is unless ``--resume_allow_changes`` names them.
     """
@@ -104,7 +104,7 @@ class RealLightningCLI(LightningCLI):
 
     def _check_resume(self, checkpoint: Path, options: dict, allowed: list[str]) -> int:
         """Compare the checkpoint's options with this run's: report the changes, refuse those in ``REFUSED``
-        (:class:`~real_lightning.resume.ResumeRefused`) unless allowed; returns the checkpoint's step."""
+        (:class:`~real_lightning.checkpoints.resume.ResumeRefused`) unless allowed; returns the checkpoint's step."""
         info = read_checkpoint_info(checkpoint)  # weights_only, memory-mapped; a directory checked first
         step = int(info["global_step"])
         old = saved_options(info)
@@ -130,11 +130,11 @@ class RealLightningCLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     """Console entry point ``real-lightning`` (returns nothing: a console script would print a return value).
 
-    ``plot`` goes to :mod:`real_lightning.viz`; every other subcommand to :class:`RealLightningCLI`.
+    ``plot`` goes to :mod:`real_lightning.analysis.viz`; every other subcommand to :class:`RealLightningCLI`.
     """
     argv = list(sys.argv[1:] if args is None else args)
     if argv[:1] == ["plot"]:
-        from real_lightning.viz import main as plot_main
+        from real_lightning.analysis.viz import main as plot_main
 
         plot_main(argv[1:])
         return

@@ -5,7 +5,7 @@ One ``training_step`` is one optimizer step over one mini-batch. The step asks t
 weights to the engine first when it is about to sample), computes π_old itself when the rollout
 batch needs it, and runs the mini-batch as micro-batches of whole groups, each forward followed by
 its backward, with the loss divided by counts taken over the whole step (all micro-batches, all
-ranks). See :mod:`real_lightning.update`.
+ranks). See :mod:`real_lightning.step.accumulate`.
 """
 
 from __future__ import annotations
@@ -24,19 +24,26 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
-from real_lightning.dtypes import torch_dtype
-from real_lightning.fsdp import FSDPConfig, empty_policy, full_state_dict, is_sharded, materialize, total_grad_norm
-from real_lightning.fused_head import check_fusable
 from real_lightning.logprobs import sequence_logprobs
+from real_lightning.logprobs.fused_head import check_fusable
 from real_lightning.losses import LOSSES, check_loss_options
 from real_lightning.losses.kl import KLPenalty
 from real_lightning.policy.loading import BUILTIN, load_policy, load_tokenizer
-from real_lightning.reference import ReferencePolicy
+from real_lightning.policy.reference import ReferencePolicy
+from real_lightning.policy.sharding import (
+    FSDPConfig,
+    empty_policy,
+    full_state_dict,
+    is_sharded,
+    materialize,
+    total_grad_norm,
+)
 from real_lightning.rollout.batch import RolloutBatch, ValidationRollouts
 from real_lightning.rollout.collector import RolloutCollector
 from real_lightning.rollout.engine import RolloutEngine
 from real_lightning.rollout.requests import RolloutRequest, ValidationRequest
-from real_lightning.update import ImportanceSampling, StepResult, accumulate_step, old_logprobs_pass
+from real_lightning.step.accumulate import ImportanceSampling, StepResult, accumulate_step, old_logprobs_pass
+from real_lightning.utils.dtypes import torch_dtype
 
 _NOT_HPARAMS = {"counts"}
 
@@ -61,7 +68,7 @@ class RealPolicyModule(LightningModule):
         gradient_checkpointing: recompute activations in the backward pass (less memory, more time).
         logprob_chunk_size: positions per chunk of the log-softmax (memory: one [B, chunk, V] at a time).
         fused_head: compute the response log-probs inside the LM head, chunk by chunk, so that the
-            [B, T, V] logits and their gradient are never held (:mod:`real_lightning.fused_head`; same values
+            [B, T, V] logits and their gradient are never held (:mod:`real_lightning.logprobs.fused_head`; same values
             and gradients, one more head matmul in the backward). For long responses and large vocabularies
             (the paper recipes: it removes 40 GB of the 1.5B plan's peak); off by default, as on small CPU jobs
             the extra matmul costs 5–12 % of the update and the logits fit anyway.

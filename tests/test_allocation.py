@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from real_lightning.allocation import allocation_stats, within_group_rank_correlation
+from real_lightning.analysis.allocation import allocation_stats, within_group_rank_correlation
 from real_lightning.losses import LOSSES
 
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from real_lightning.checkpoint_safety import UntrustedCheckpointError, check_checkpoint_dir
-from real_lightning.export import export_checkpoint
-from real_lightning.export import main as export_main
+from real_lightning.checkpoints.safety import UntrustedCheckpointError, check_checkpoint_dir
 from real_lightning.fsdp import FSDP2Strategy
+from real_lightning.policy.export import export_checkpoint
+from real_lightning.policy.export import main as export_main
 from real_lightning.policy.loading import load_policy
 
 

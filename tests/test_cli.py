@@ -150,7 +150,7 @@ def test_fit_logs_to_tensorboard_then_validate_checkpoint_and_export(policy_dir,
     assert (hf_dir / "tokenizer.json").is_file() and (hf_dir / "config.json").is_file()
     from safetensors.torch import load_file
 
-    from real_lightning.export import export_checkpoint
+    from real_lightning.policy.export import export_checkpoint
 
     on_demand = export_checkpoint(checkpoint, tmp_path / "hf-on-demand")
     at_fit_end, exported_now = load_file(hf_dir / "model.safetensors"), load_file(on_demand / "model.safetensors")

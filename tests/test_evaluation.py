@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from real_lightning.analysis.evaluation import BenchmarkResult, average, csv_table, markdown_table, write_tables
 from real_lightning.cli import RealLightningCLI
 from real_lightning.data.datamodule import RolloutDataModule
-from real_lightning.evaluation import BenchmarkResult, average, csv_table, markdown_table, write_tables
 from real_lightning.module import RealPolicyModule
 from tests.conftest import shared_file
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from real_lightning.fused_head import check_fusable, linear_token_logprobs
 from real_lightning.logprobs import sequence_logprobs
+from real_lightning.logprobs.fused_head import check_fusable, linear_token_logprobs
 
 
 def _reference(hidden, weight, bias, tokens, temperature):

@@ -7,7 +7,7 @@ from math import comb
 import pytest
 import torch
 
-from real_lightning.metrics import PassAtK, pass_at_k
+from real_lightning.analysis.metrics import PassAtK, pass_at_k
 
 
 @pytest.mark.parametrize("n", [1, 4, 8, 16])

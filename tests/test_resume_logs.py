@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from real_lightning.resume import attach_loggers_to_run, find_run
+from real_lightning.checkpoints.resume import attach_loggers_to_run, find_run
 
 
 def _run_folder(root: Path, version: int, step: int) -> Path:

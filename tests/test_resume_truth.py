@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from real_lightning.cli import main
-from real_lightning.resume import (
+from real_lightning.checkpoints.resume import (
     NothingToResume,
     OptionChange,
     ResumeRefused,
@@ -21,6 +20,7 @@ from real_lightning.resume import (
     flatten_options,
     option_changes,
 )
+from real_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -193,7 +193,7 @@ def test_option_changes_groups_and_allowances() -> None:
 
 
 def test_a_checkpoint_without_run_options_is_compared_by_hyper_parameters(run, caplog) -> None:
-    """Checkpoints written before :class:`~real_lightning.resume.RunOptions`: the module's and datamodule's
+    """Checkpoints written before :class:`~real_lightning.checkpoints.resume.RunOptions`: the module's and datamodule's
     hyper-parameters are compared."""
     import torch
 
@@ -212,7 +212,7 @@ def test_a_pinned_tensorboard_folder_is_purged_after_the_checkpoint_only(tmp_pat
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from real_lightning.resume import keep_logs_before
+    from real_lightning.checkpoints.resume import keep_logs_before
 
     (tmp_path / "job" / "pinned").mkdir(parents=True)  # the earlier run's events are in it
     pinned = TensorBoardLogger(tmp_path, name="job", version="pinned")

@@ -11,10 +11,10 @@ from real_lightning.data.config import ValidationConfig, VerifierConfig
 from real_lightning.data.datamodule import RolloutDataModule
 from real_lightning.data.sources import DatasetSpec
 from real_lightning.module import RealPolicyModule, lr_factor
-from real_lightning.registry import UnknownNameError
 from real_lightning.rollout.hf import HFEngine
 from real_lightning.rollout.schedule import RolloutSchedule
-from real_lightning.update import old_logprobs_pass
+from real_lightning.step.accumulate import old_logprobs_pass
+from real_lightning.utils.registry import UnknownNameError
 
 REWARD = "tests.rewards_for_tests:contains_seven"
 

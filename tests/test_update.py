@@ -7,7 +7,7 @@ import torch
 
 from real_lightning.losses import LOSSES
 from real_lightning.module import RealPolicyModule
-from real_lightning.update import accumulate_step, old_logprobs_pass
+from real_lightning.step.accumulate import accumulate_step, old_logprobs_pass
 from tests.rollout.test_batch import make_rollouts
 
 LOSS_NAMES = sorted(LOSSES)
@@ -115,7 +115,9 @@ def test_a_rank_with_fewer_micro_batches_runs_zero_weight_passes(module64, monke
     assert calls == [] and not result.skipped and result.loss_output is None  # one process: nothing to line up
     assert float(result.metrics["train/loss"]) == 0.0
 
-    monkeypatch.setattr("real_lightning.update.all_reduce_max", lambda value: 2)  # another rank has 2 micro-batches
+    monkeypatch.setattr(
+        "real_lightning.step.accumulate.all_reduce_max", lambda value: 2
+    )  # another rank has 2 micro-batches
     result = _accumulate(module64, empty, (None, None), loss_fn=LOSSES["real"], logprobs_fn=counted)
     assert calls == [1, 1] and not result.skipped  # two one-token dummy passes
     grads = [p.grad for p in module64.policy.parameters()]
@@ -128,7 +130,9 @@ def test_a_rank_without_rollouts_logs_the_same_metrics_as_the_busy_rank(module64
     batch = _rollouts(module64.policy.config.vocab_size)
     budget = (None, 4)
     sent: list[torch.Tensor] = []
-    monkeypatch.setattr("real_lightning.update.all_reduce", lambda t, op="sum": sent.append(t.clone()) or t.clone())
+    monkeypatch.setattr(
+        "real_lightning.step.accumulate.all_reduce", lambda t, op="sum": sent.append(t.clone()) or t.clone()
+    )
     busy = _accumulate(module64, batch, budget, loss_fn=LOSSES["grpo"])
     micro_batches = len(batch.micro_batches(*budget))
     assert "train/ppo_kl" in busy.metrics and "train/clip_fraction" in busy.metrics and micro_batches > 1
@@ -139,8 +143,8 @@ def test_a_rank_without_rollouts_logs_the_same_metrics_as_the_busy_rank(module64
         other = next(calls).to(t.dtype)
         return t + other if op == "sum" else torch.maximum(t, other)
 
-    monkeypatch.setattr("real_lightning.update.all_reduce", with_busy)
-    monkeypatch.setattr("real_lightning.update.all_reduce_max", lambda value: micro_batches)
+    monkeypatch.setattr("real_lightning.step.accumulate.all_reduce", with_busy)
+    monkeypatch.setattr("real_lightning.step.accumulate.all_reduce_max", lambda value: micro_batches)
     idle = _accumulate(module64, batch.select(torch.zeros(0, dtype=torch.long)), budget, loss_fn=LOSSES["grpo"])
     assert idle.metrics.keys() == busy.metrics.keys()
     for key, value in busy.metrics.items():
@@ -166,7 +170,7 @@ def test_train_inference_mismatch_is_logged_when_the_engine_reports_behaviour_lo
 
 
 def test_truncated_importance_sampling_weights_the_step_gradient(module64) -> None:
-    from real_lightning.update import ImportanceSampling
+    from real_lightning.step.accumulate import ImportanceSampling
 
     batch = _rollouts(module64.policy.config.vocab_size)
     old = old_logprobs_pass(module64.response_logprobs, batch, (None, None), torch.device("cpu"))

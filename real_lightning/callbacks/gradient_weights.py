@@ -11,10 +11,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from real_lightning.allocation import allocation_stats
+from real_lightning.analysis.allocation import allocation_stats
 from real_lightning.callbacks.log_folder import local_log_folder, resolve_log_folder
 from real_lightning.callbacks.periodic import PeriodicStepCallback, logger_step
-from real_lightning.groups import NEGATIVE, POSITIVE
+from real_lightning.utils.groups import NEGATIVE, POSITIVE
 
 
 class GradientWeightMonitor(PeriodicStepCallback):
@@ -27,7 +27,7 @@ class GradientWeightMonitor(PeriodicStepCallback):
     - TensorBoard histograms ``weights/positive`` and ``weights/negative`` of the signed weights;
     - scalars ``weights/{pos,neg}_abs_max``, ``_abs_mean``, ``weights/domination_max`` / ``_mean``,
       ``weights/pos_zero_fraction`` and ``weights/rank_corr_{pos,neg}``
-      (see :func:`~real_lightning.allocation.allocation_stats`);
+      (see :func:`~real_lightning.analysis.allocation.allocation_stats`);
     - optionally every rollout (step, rank, group, label, score, weight, length, reward) to
       ``<log_dir>/<records_dir>/step_XXXXXXX.parquet`` (one file per logged step: a resumed run
       rewrites the same names, never duplicates them; read the folder with ``pandas.read_parquet``). Under

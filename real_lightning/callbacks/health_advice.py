@@ -5,16 +5,27 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from real_lightning.verifiers.math import STATUSES
+from real_lightning.rewards.math import STATUSES
 
-if TYPE_CHECKING:
-    from real_lightning.callbacks.run_health import RunHealthMonitor
+
+class HealthState(Protocol):
+    """What the advice reads of the monitor (:class:`~real_lightning.callbacks.run_health.RunHealthMonitor`):
+    its thresholds and the history it keeps."""
+
+    rollout: Mapping[str, float]  # the latest rollout batch's rollout/* and verifier/* values
+    rewards: list[tuple[int, float]]  # (step, rollout/reward_mean) per rollout batch
+    entropy_start: list[float]
+    contrast_floor: float
+    truncation_ceiling: float
+    entropy_collapse: float
+    entropy_explosion: float
+    spike_window: int
 
 
 def explain(
-    monitor: RunHealthMonitor, name: str, first: int, step: int, value: float, count: int, context: dict[str, Any]
+    monitor: HealthState, name: str, first: int, step: int, value: float, count: int, context: dict[str, Any]
 ) -> str:
     """What a user reads when ``name`` starts: what happened (with numbers), the likely cause, what to try."""
     rollout = monitor.rollout

@@ -8,9 +8,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import MeanMetric, SumMetric
 from typing_extensions import override
 
+from real_lightning.analysis.evaluation import BenchmarkResult, with_average, write_tables
+from real_lightning.analysis.metrics import PassAtK
 from real_lightning.callbacks.log_folder import local_log_folder
-from real_lightning.evaluation import BenchmarkResult, with_average, write_tables
-from real_lightning.metrics import PassAtK
 from real_lightning.rollout.batch import ValidationRollouts
 
 
@@ -22,7 +22,7 @@ class PassAtKLogger(Callback):
 
     With several validation sets it also logs ``{stage}/average/...``, their unweighted mean (the paper's
     "Avg."), and with ``tables`` global rank 0 writes the results as Markdown and CSV tables laid out like the
-    paper's Table 1 (:mod:`real_lightning.evaluation`) to ``<log dir>/evaluation/step_<step>.md|.csv`` and
+    paper's Table 1 (:mod:`real_lightning.analysis.evaluation`) to ``<log dir>/evaluation/step_<step>.md|.csv`` and
     ``latest.md|.csv`` (log dir: the logger's run folder, else ``trainer.default_root_dir``).
 
     Args:

@@ -15,7 +15,7 @@ def logger_step(trainer: Trainer) -> int:
     (as Lightning's own ``LearningRateMonitor`` does).
 
     Events written at it line up with ``train/*`` and, on a resume from a checkpoint written after this batch,
-    are kept: a resume drops the events at the checkpoint's step and later (:mod:`real_lightning.resume`).
+    are kept: a resume drops the events at the checkpoint's step and later (:mod:`real_lightning.checkpoints.resume`).
     """
     return trainer.fit_loop.epoch_loop._batches_that_stepped
 

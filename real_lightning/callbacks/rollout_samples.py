@@ -9,7 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from typing_extensions import override
 
 from real_lightning.callbacks.periodic import PeriodicStepCallback, logger_step
-from real_lightning.verifiers.answers import describe_ground_truth
+from real_lightning.rewards.answers import describe_ground_truth
 
 
 def _cell(text: str, limit: int) -> str:

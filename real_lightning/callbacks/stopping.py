@@ -12,7 +12,7 @@ resume and exits with 128 + the signal's number (143 for SIGTERM, 130 for SIGINT
 ended by that signal.
 
 The step in progress finishes first (generation, grading, the update). Grading a batch of responses is told
-to stop early (:func:`real_lightning.verifiers.batch.request_stop`): its remaining responses score 0 as
+to stop early (:func:`real_lightning.rewards.grading.request_stop`): its remaining responses score 0 as
 timeouts, so a stop does not wait for minutes of slow grading. A second Ctrl-C interrupts at once (no checkpoint).
 
 A stop asked for during a validation inside ``fit`` (the paper's evaluation takes minutes) abandons it after the
@@ -41,7 +41,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
 from real_lightning.callbacks.log_folder import resolve_log_folder
-from real_lightning.distributed import all_reduce_max
+from real_lightning.utils.distributed import all_reduce_max
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class GracefulStop(Callback):
         first = self.signum is None
         self.signum = self.signum or signum
         if first:
-            from real_lightning.verifiers.batch import request_stop
+            from real_lightning.rewards.grading import request_stop
 
             request_stop()
             log.warning(
@@ -215,7 +215,7 @@ class GracefulStop(Callback):
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        from real_lightning.verifiers.batch import clear_stop
+        from real_lightning.rewards.grading import clear_stop
 
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from real_lightning.verifiers.answers import GroundTruth
+from real_lightning.rewards.answers import GroundTruth
 
 
 @dataclass(frozen=True)

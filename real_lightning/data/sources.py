@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from real_lightning.data.arithmetic import ArithmeticTask
 from real_lightning.data.records import GroundTruth, PromptRecord
-from real_lightning.registry import Registry
+from real_lightning.utils.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,6 @@ from typing import Any, Protocol
 
 from torch import Tensor
 
-from real_lightning.groups import build_groups
 from real_lightning.losses.common import BatchCounts, LossOutput
 from real_lightning.losses.policy_gradient import (
     CLIP_RANGES,
@@ -51,7 +50,8 @@ from real_lightning.losses.real import (
     real_product_gradient_weights,
     real_product_loss,
 )
-from real_lightning.registry import Registry
+from real_lightning.utils.groups import build_groups
+from real_lightning.utils.registry import Registry
 
 
 class LossFn(Protocol):

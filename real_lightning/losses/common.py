@@ -7,8 +7,8 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor
 
-from real_lightning.dtypes import compute_dtype
-from real_lightning.groups import Groups, build_groups, group_index_no_sync, segment_amax
+from real_lightning.utils.dtypes import compute_dtype
+from real_lightning.utils.groups import Groups, build_groups, group_index_no_sync, segment_amax
 
 
 @dataclass

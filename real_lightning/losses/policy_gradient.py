@@ -29,8 +29,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from real_lightning.groups import Groups, build_groups, segment_sum
 from real_lightning.losses.common import BatchCounts, LossOutput, PreparedBatch, base_metrics, prepare, step_normalizer
+from real_lightning.utils.groups import Groups, build_groups, segment_sum
 
 Variant = Literal["grpo", "dapo", "gspo"]
 CLIP_RANGES: dict[str, tuple[float, float]] = {"grpo": (0.2, 0.2), "dapo": (0.2, 0.28), "gspo": (3e-4, 4e-4)}

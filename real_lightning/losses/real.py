@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from real_lightning.groups import Groups, build_groups, segment_logsumexp
 from real_lightning.losses.common import (
     BatchCounts,
     LossOutput,
@@ -27,6 +26,7 @@ from real_lightning.losses.common import (
     prepare,
     step_normalizer,
 )
+from real_lightning.utils.groups import Groups, build_groups, segment_logsumexp
 
 DEFAULT_TAU = 0.5
 """The paper's temperature τ."""

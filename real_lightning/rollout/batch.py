@@ -12,8 +12,8 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from real_lightning.rewards.answers import GroundTruth
 from real_lightning.rollout.packing import pack_groups
-from real_lightning.verifiers.answers import GroundTruth
 
 _PROMPT_ALIGNED = ("input_ids", "attention_mask")
 """[B, Lp + T] fields: left-padded prompts followed by right-padded responses."""

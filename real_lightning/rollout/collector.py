@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from real_lightning.distributed import all_gather_objects, all_reduce_max
-from real_lightning.groups import build_groups
 from real_lightning.rollout.batch import RolloutBatch, ValidationRollouts, concat_batches
 from real_lightning.rollout.engine import Generation, RolloutEngine
 from real_lightning.rollout.requests import PromptOrder, RolloutRequest, ValidationRequest, derive_seed
 from real_lightning.rollout.schedule import RolloutSchedule
 from real_lightning.rollout.scoring import Scorer, Scores
+from real_lightning.utils.distributed import all_gather_objects, all_reduce_max
+from real_lightning.utils.groups import build_groups
 
 if TYPE_CHECKING:  # the data package imports this module
     from real_lightning.data.prompts import TokenizedPrompt

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from real_lightning.verifiers import resolve_reward_fn, score_batch
-from real_lightning.verifiers.answers import GroundTruth
-from real_lightning.verifiers.batch import Grader, check_batch_timeout, check_grader
+from real_lightning.rewards import resolve_reward_fn, score_batch
+from real_lightning.rewards.answers import GroundTruth
+from real_lightning.rewards.grading import Grader, check_batch_timeout, check_grader
 
 
 @dataclass

@@ -12,7 +12,7 @@ from torch.distributed import TCPStore
 
 from real_lightning.callbacks.stopping import GracefulStop, StopRequested
 from real_lightning.callbacks.watchdog import StallWatchdog
-from real_lightning.verifiers.batch import clear_stop, stop_requested
+from real_lightning.rewards.grading import clear_stop, stop_requested
 from tests.pipeline.launch import free_port
 
 

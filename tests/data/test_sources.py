@@ -10,8 +10,8 @@ import pytest
 from real_lightning.data.arithmetic import ArithmeticTask
 from real_lightning.data.prompts import prompt_text, tokenize_prompts
 from real_lightning.data.sources import DatasetSpec, load_dataset_spec
-from real_lightning.verifiers.answers import accepted_answers
-from real_lightning.verifiers.batch import score_batch
+from real_lightning.rewards.answers import accepted_answers
+from real_lightning.rewards.grading import score_batch
 from tests.conftest import shared_file
 
 BENCHMARKS = {

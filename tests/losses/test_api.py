@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from real_lightning.losses import LOSSES, LossOutput
-from real_lightning.registry import UnknownNameError
+from real_lightning.utils.registry import UnknownNameError
 from tests.losses.conftest import LOSS_NAMES, RolloutTensors, make_batch, scale_for
 
 PAPER_DEFAULTS = {

@@ -12,7 +12,7 @@ from real_lightning.losses import LOSSES
 from real_lightning.losses.common import BatchCounts
 from real_lightning.losses.kl import KLPenalty, kl_penalty
 from real_lightning.module import RealPolicyModule
-from real_lightning.update import accumulate_step, old_logprobs_pass
+from real_lightning.step.accumulate import accumulate_step, old_logprobs_pass
 from tests.test_update import _rollouts
 
 

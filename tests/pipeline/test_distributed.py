@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from real_lightning.export import export_checkpoint
+from real_lightning.policy.export import export_checkpoint
 from real_lightning.policy.loading import BUILTIN
 from tests.pipeline.launch import run_ranks
 from tests.pipeline.small_runs import SCRIPTED, fit_args, step_records

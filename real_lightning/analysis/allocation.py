@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from real_lightning.groups import NEGATIVE, POSITIVE, group_index, segment_amax, segment_sum
+from real_lightning.utils.groups import NEGATIVE, POSITIVE, group_index, segment_amax, segment_sum
 
 
 def _segment_ranks(values: Tensor, segment: Tensor) -> Tensor:

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import Any, Literal, get_args
 
-from real_lightning.verifiers import math as math_module
-from real_lightning.verifiers.answers import GroundTruth, accepted_answers
-from real_lightning.verifiers.math import (
+from real_lightning.rewards import math as math_module
+from real_lightning.rewards.answers import GroundTruth, accepted_answers
+from real_lightning.rewards.math import (
     STATUSES,
     WORKER_PRELOAD,
     VerifyResult,
@@ -40,8 +40,8 @@ from real_lightning.verifiers.math import (
     result_from_outcome,
     verify,
 )
-from real_lightning.verifiers.registry import RewardFn, resolve_reward_fn
-from real_lightning.verifiers.sandbox import (
+from real_lightning.rewards.registry import RewardFn, resolve_reward_fn
+from real_lightning.rewards.timeouts import (
     Outcome,
     WorkerPool,
     can_start_processes,
@@ -147,7 +147,7 @@ class _Grading:
             )
         if n := self.cut.get(CUT_STOP, 0):
             log.warning(
-                "grading stopped after %.0f s at a stop request (real_lightning.verifiers.batch.request_stop): "
+                "grading stopped after %.0f s at a stop request (real_lightning.rewards.grading.request_stop): "
                 "%d of %d checks were not done and score 0 as timeouts",
                 elapsed,
                 n,
@@ -161,7 +161,7 @@ class BatchScores:
 
     Attributes:
         rewards: one reward per response, in input order.
-        statuses: one status of :data:`~real_lightning.verifiers.math.STATUSES` per response.
+        statuses: one status of :data:`~real_lightning.rewards.math.STATUSES` per response.
         counts: number of responses per status (every status present, zeros included).
     """
 
@@ -271,7 +271,7 @@ def score_batch(
 ) -> BatchScores:
     """Score responses against ground truths in parallel, each within its own time budget and the batch within one.
 
-    With the math reward (:func:`~real_lightning.verifiers.math.math_reward`, ``"math"``), responses decided by
+    With the math reward (:func:`~real_lightning.rewards.math.math_reward`, ``"math"``), responses decided by
     extraction or the exact-number fast path are scored inline; the rest go to a persistent pool of worker processes.
     A user reward function ``fn(response, ground_truth) -> float`` runs in the pool for every response (inline,
     serially, if it cannot be pickled by reference); its exceptions give reward 0 with status ``"error"`` and a

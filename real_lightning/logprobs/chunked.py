@@ -40,7 +40,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from real_lightning.dtypes import compute_dtype
+from real_lightning.logprobs.blocks import forward_block, shifted_block
+from real_lightning.logprobs.fused_head import fused_head_logprobs
+from real_lightning.utils.dtypes import compute_dtype
 
 __all__ = ["sequence_logprobs", "token_logprobs"]
 
@@ -71,48 +73,6 @@ def _can_flatten(logits: Tensor) -> bool:
     return True
 
 
-def _row_max(block: Tensor, temperature: float, dtype: torch.dtype) -> Tensor:
-    """Row max of ``block / τ`` [n, 1] in ``dtype``, the shift before exp; ±inf/nan rows get 0."""
-    m = block.amax(dim=-1, keepdim=True).to(dtype)
-    if temperature != 1.0:
-        m = m / temperature  # max(x / τ) = max(x) / τ for τ > 0
-    return m.masked_fill_(~torch.isfinite(m), 0.0)
-
-
-def _shifted(block: Tensor, shift: Tensor, temperature: float, out: Tensor) -> Tensor:
-    """``out = block / τ − shift`` in ``out``'s dtype, one pass (upcasts bfloat16/float16 blocks)."""
-    if temperature == 1.0:
-        return torch.sub(block, shift, out=out)
-    return torch.add(shift.neg(), block, alpha=1.0 / temperature, out=out)
-
-
-def _forward_block(
-    block: Tensor, tok: Tensor, temperature: float, with_entropy: bool, work: Tensor, work2: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Logsumexp [n], chosen scaled logit [n] and entropy [n] (or None) of one [n, V] block.
-
-    ``work`` and ``work2`` are [n, V] scratch blocks in the compute dtype, reused across chunks.
-    """
-    dtype = work.dtype
-    chosen = block.gather(1, tok[:, None])[:, 0].to(dtype)
-    if temperature != 1.0:
-        chosen = chosen / temperature
-    m = _row_max(block, temperature, dtype)
-    shifted = _shifted(block, m, temperature, out=work)  # ≤ 0; −inf at masked vocabulary entries
-    if work2 is None:
-        s = shifted.exp_().sum(-1)
-        return s.log_().add_(m[:, 0]), chosen, None
-    # −inf → lowest finite value: exp still gives 0 there, and 0·shifted below is 0 instead of nan
-    shifted.clamp_(min=torch.finfo(dtype).min)
-    e = torch.exp(shifted, out=work2)  # unnormalised probabilities
-    s = e.sum(-1)
-    # entropy = −Σ p·log p = log s − Σ e·shifted / s: two non-negative terms, no cancellation
-    dot = e.mul_(shifted).sum(-1)
-    log_s = s.log()
-    entropy = log_s - dot / s
-    return log_s.add_(m[:, 0]), chosen, entropy
-
-
 class _TokenLogprobs(torch.autograd.Function):
     """log_softmax(logits / τ)[tokens] over [B, T, V] logits, chunked; entropy as a detached extra output."""
 
@@ -137,7 +97,7 @@ class _TokenLogprobs(torch.autograd.Function):
             for key in _row_keys(batch, length, chunk_size, flat):
                 block = logits_rows[key]
                 n = block.shape[0]
-                block_lse, chosen, block_ent = _forward_block(
+                block_lse, chosen, block_ent = forward_block(
                     block, tokens_rows[key], temperature, with_entropy, work[:n], None if work2 is None else work2[:n]
                 )
                 lse_rows[key] = block_lse
@@ -172,7 +132,7 @@ class _TokenLogprobs(torch.autograd.Function):
             work = g if scratch is None else scratch[: g.shape[0]]
             scale = scale_rows[key][:, None]
             # (grad/τ)·(onehot − softmax): softmax = exp(x/τ − lse), scaled by −grad/τ, then + grad/τ at the token
-            _shifted(block, lse_rows[key][:, None], temperature, out=work).exp_().mul_(scale.neg())
+            shifted_block(block, lse_rows[key][:, None], temperature, out=work).exp_().mul_(scale.neg())
             work.scatter_add_(1, tokens_rows[key][:, None], scale)
             if work is not g:
                 g.copy_(work)
@@ -285,7 +245,7 @@ def sequence_logprobs(
         response_start: prompt length P, 1 ≤ P ≤ L.
         temperature, chunk_size, with_entropy: as in :func:`token_logprobs`.
         fused_head: score the tokens inside the model's LM head
-            (:func:`real_lightning.fused_head.fused_head_logprobs`): the [B, L − P + 1, V] logits and their
+            (:func:`real_lightning.logprobs.fused_head.fused_head_logprobs`): the [B, L − P + 1, V] logits and their
             gradient are never held, only [chunk_size, V] blocks; same values and gradients.
 
     Returns:
@@ -314,8 +274,6 @@ def sequence_logprobs(
     targets = torch.cat([input_ids[:, response_start:], input_ids.new_zeros(input_ids.shape[0], 1)], dim=1)
     support = _logits_to_keep_support(model)
     if fused_head:
-        from real_lightning.fused_head import fused_head_logprobs
-
         if support:
             kwargs["logits_to_keep"] = keep
         with fused_head_logprobs(

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import pytest
 
-import real_lightning.verifiers as verifiers
-from real_lightning.registry import UnknownNameError
-from real_lightning.verifiers import REWARD_FUNCTIONS, math_reward, resolve_reward_fn
-from tests.verifiers import helpers
+import real_lightning.rewards as rewards
+from real_lightning.rewards import REWARD_FUNCTIONS, math_reward, resolve_reward_fn
+from real_lightning.utils.registry import UnknownNameError
+from tests.rewards import helpers
 
 
 def test_public_api() -> None:
     for name in ["math_reward", "verify", "VerifyResult", "score_batch", "BatchScores", "REWARD_FUNCTIONS"]:
-        assert name in verifiers.__all__ and hasattr(verifiers, name)
-    assert callable(verifiers.resolve_reward_fn)
+        assert name in rewards.__all__ and hasattr(rewards, name)
+    assert callable(rewards.resolve_reward_fn)
 
 
 def test_registered_name_and_import_path() -> None:
     assert set(REWARD_FUNCTIONS) == {"math"}
     assert resolve_reward_fn("math") is math_reward
-    assert resolve_reward_fn("real_lightning.verifiers:math_reward") is math_reward
-    assert resolve_reward_fn("tests.verifiers.helpers:exact_reward") is helpers.exact_reward
+    assert resolve_reward_fn("real_lightning.rewards:math_reward") is math_reward
+    assert resolve_reward_fn("tests.rewards.helpers:exact_reward") is helpers.exact_reward
     assert resolve_reward_fn(helpers.exact_reward) is helpers.exact_reward
-    assert resolve_reward_fn("real_lightning.verifiers:math_reward")("\\boxed{2}", "2") == 1.0
+    assert resolve_reward_fn("real_lightning.rewards:math_reward")("\\boxed{2}", "2") == 1.0
 
 
 def test_unknown_name_lists_valid_names() -> None:

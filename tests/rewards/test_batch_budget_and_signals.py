@@ -18,12 +18,12 @@ import pytest
 import torch
 
 from real_lightning.data.config import VerifierConfig
+from real_lightning.rewards import grading as batch_module
+from real_lightning.rewards import math as math_module
+from real_lightning.rewards import score_batch
+from real_lightning.rewards.grading import clear_stop, request_stop, stop_requested
 from real_lightning.rollout.scoring import Scorer
-from real_lightning.verifiers import batch as batch_module
-from real_lightning.verifiers import math as math_module
-from real_lightning.verifiers import score_batch
-from real_lightning.verifiers.batch import clear_stop, request_stop, stop_requested
-from tests.verifiers import helpers
+from tests.rewards import helpers
 
 REPO = Path(__file__).resolve().parents[2]
 # Responses of helpers.exact_reward: "a" and "c" are right at once, "sleep" takes 10 s (any budget here runs out).
@@ -119,7 +119,7 @@ def test_the_batch_budget_is_checked() -> None:
 
 def test_the_scorer_applies_the_batch_budget() -> None:
     assert Scorer().batch_timeout_s == VerifierConfig().batch_timeout_s
-    scorer = Scorer("tests.verifiers.helpers:exact_reward", timeout_s=5.0, num_workers=1, batch_timeout_s=0.5)
+    scorer = Scorer("tests.rewards.helpers:exact_reward", timeout_s=5.0, num_workers=1, batch_timeout_s=0.5)
     start = time.monotonic()
     scores = scorer.score(*SLOW_BATCH, truncated=torch.zeros(5, dtype=torch.bool))
     assert scores.counts["timeout"] == 4 and scores.rewards.tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
@@ -140,7 +140,7 @@ def test_a_stop_request_ends_a_grading(num_workers: int, caplog: pytest.LogCaptu
     timer.join()
     assert scores.statuses == ["correct"] + ["timeout"] * 4
     assert 0.5 <= seconds < 0.5 + SLACK_S
-    assert "stop request (real_lightning.verifiers.batch.request_stop)" in caplog.text
+    assert "stop request (real_lightning.rewards.grading.request_stop)" in caplog.text
     assert "4 of 5 checks were not done" in caplog.text
     # the request holds until it is cleared
     assert stop_requested()
@@ -199,8 +199,8 @@ def test_a_short_grading_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
 
 _GRADE_SCRIPT = """
 import signal, sys
-from real_lightning.verifiers.batch import request_stop, score_batch
-from tests.verifiers import helpers
+from real_lightning.rewards.grading import request_stop, score_batch
+from tests.rewards import helpers
 
 mode, folder = sys.argv[1], sys.argv[2]
 if mode == "request_stop":
@@ -296,11 +296,11 @@ def test_a_reward_outside_0_1_is_an_error(name: str, num_workers: int) -> None:
         score_batch(
             ["half", response, "two"],
             ["1", "the truth", "1"],
-            reward_fn="tests.verifiers.helpers:reward_by_name",
+            reward_fn="tests.rewards.helpers:reward_by_name",
             num_workers=num_workers,
         )
     message = str(error.value)
-    assert message.startswith(f"reward function tests.verifiers.helpers:reward_by_name returned {value!r} ")
+    assert message.startswith(f"reward function tests.rewards.helpers:reward_by_name returned {value!r} ")
     assert repr(name + " " + "y" * (199 - len(name)) + "…") in message  # the response, cut at 200 characters
     assert "(ground truth 'the truth')" in message and "[0, 1]" in message
 

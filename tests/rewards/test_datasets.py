@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from real_lightning.verifiers import math_reward, score_batch
+from real_lightning.rewards import math_reward, score_batch
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 

@@ -11,10 +11,10 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import pytest
 
-from real_lightning.verifiers import BatchScores, VerifyResult, score_batch, verify
-from real_lightning.verifiers import math as math_module
-from real_lightning.verifiers.sandbox import WorkerPool, run_with_alarm
-from tests.verifiers import helpers
+from real_lightning.rewards import BatchScores, VerifyResult, score_batch, verify
+from real_lightning.rewards import math as math_module
+from real_lightning.rewards.timeouts import WorkerPool, run_with_alarm
+from tests.rewards import helpers
 
 SYMBOLIC = (r"\boxed{x+1}", "x+1")  # not plain numbers: needs math-verify
 BUDGET_S = 0.5
@@ -147,7 +147,7 @@ def test_score_batch_with_answer_after_think() -> None:
     assert scores.statuses == ["correct", "no_answer", "no_answer"]
 
 
-@pytest.mark.parametrize("reward_fn", [helpers.exact_reward, "tests.verifiers.helpers:exact_reward"])
+@pytest.mark.parametrize("reward_fn", [helpers.exact_reward, "tests.rewards.helpers:exact_reward"])
 def test_score_batch_with_a_user_reward_function(reward_fn: object) -> None:
     responses = ["a", "boom", "b", "sleep", "c"]
     start = time.monotonic()

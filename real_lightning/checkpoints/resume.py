@@ -38,7 +38,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from typing_extensions import override
 
-from real_lightning.checkpoint_safety import META_FILENAME, check_checkpoint_dir
+from real_lightning.checkpoints.safety import META_FILENAME, check_checkpoint_dir
 
 _VERSION = re.compile(r"version_(\d+)$")
 
@@ -110,7 +110,7 @@ def find_run(root: Path, ckpt_path: str) -> tuple[Path, Path] | None:
 def read_checkpoint_info(path: Path) -> dict[str, Any]:
     """The checkpoint without its tensors' data: memory-mapped, ``weights_only``; for a distributed checkpoint
     (a directory of shards, FSDP) its ``meta.pt``, after the directory passed
-    :func:`~real_lightning.checkpoint_safety.check_checkpoint_dir`."""
+    :func:`~real_lightning.checkpoints.safety.check_checkpoint_dir`."""
     if path.is_dir():
         check_checkpoint_dir(path)
         path = path / META_FILENAME

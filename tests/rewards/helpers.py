@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from real_lightning.verifiers import math as math_module
+from real_lightning.rewards import math as math_module
 
 SLOW_S = 10.0
 
@@ -50,7 +50,7 @@ def verify_with_slow_check(timeout_s: float) -> tuple[str, float]:
 
 def score_symbolic_batch(results: Any) -> None:
     """Score a small symbolic batch with two workers and put the rewards on ``results`` (a queue)."""
-    from real_lightning.verifiers import score_batch
+    from real_lightning.rewards import score_batch
 
     results.put(score_batch([r"\boxed{\frac{1}{2}}"] * 3 + [r"\boxed{x}"], ["0.5"] * 3 + ["y"], num_workers=2).rewards)
 

@@ -26,7 +26,7 @@ class Registry(dict[str, T]):
         >>> reg["c"]
         Traceback (most recent call last):
         ...
-        real_lightning.registry.UnknownNameError: unknown loss 'c'; valid names: a, b
+        real_lightning.utils.registry.UnknownNameError: unknown loss 'c'; valid names: a, b
     """
 
     def __init__(self, kind: str, entries: dict[str, T] | None = None) -> None:

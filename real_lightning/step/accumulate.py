@@ -16,11 +16,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from real_lightning.distributed import all_reduce, all_reduce_max
 from real_lightning.losses import LossOutput
 from real_lightning.losses.common import BatchCounts
 from real_lightning.losses.kl import KLPenalty, kl_penalty
 from real_lightning.rollout.batch import RolloutBatch, concat_batches
+from real_lightning.utils.distributed import all_reduce, all_reduce_max
 
 LogprobsFn = Callable[..., tuple[Tensor, Tensor | None]]
 """``fn(batch, with_entropy=False) -> ([B, T] log-probs, [B, T] entropy or None)``."""

@@ -4,7 +4,7 @@ The graded answer is the content of the last ``\boxed{…}`` (or ``\fbox{…}``,
 plain final answer ("The answer is 42", "answer: 3/4", else the last number on the last line). When both it and the
 ground truth are plain numbers they are compared exactly in Python; otherwise both are parsed as LaTeX by
 math-verify (``LatexExtractionConfig`` only: model text is never evaluated as Python) and compared symbolically
-under a wall-clock budget that holds from any thread (see :mod:`real_lightning.verifiers.sandbox`).
+under a wall-clock budget that holds from any thread (see :mod:`real_lightning.rewards.timeouts`).
 
 Example:
     >>> math_reward("so the answer is \\boxed{\\frac{2}{4}}", "0.5")
@@ -26,12 +26,12 @@ from functools import lru_cache
 from math_verify import LatexExtractionConfig, parse
 from math_verify import verify as mv_verify
 
-from real_lightning.verifiers.sandbox import Outcome, run_bounded
+from real_lightning.rewards.timeouts import Outcome, run_bounded
 
 #: Every status a :class:`VerifyResult` can carry.
 STATUSES = ("correct", "incorrect", "no_answer", "timeout", "error")
 #: Modules a worker process imports before its first symbolic check.
-WORKER_PRELOAD = ("real_lightning.verifiers.math",)
+WORKER_PRELOAD = ("real_lightning.rewards.math",)
 
 _LATEX_ONLY = (LatexExtractionConfig(),)
 _THINK_END = "</think>"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from real_lightning.verifiers import VerifyResult, math_reward, score_batch, verify
-from real_lightning.verifiers import math as math_module
-from real_lightning.verifiers.math import extract_answer, fast_equal, last_boxed
+from real_lightning.rewards import VerifyResult, math_reward, score_batch, verify
+from real_lightning.rewards import math as math_module
+from real_lightning.rewards.math import extract_answer, fast_equal, last_boxed
 
 CORRECT = [
     (r"so the answer is \boxed{46}", "46"),
@@ -117,7 +117,7 @@ def test_grader_is_checked() -> None:
     with pytest.raises(ValueError, match="grader must be one of lenient, strict_boxed, got 'boxed'"):
         score_batch(["x"], ["1"], grader="boxed")
     with pytest.raises(ValueError, match="applies to the math reward only"):
-        score_batch(["x"], ["1"], grader="strict_boxed", reward_fn="tests.verifiers.helpers:exact_reward")
+        score_batch(["x"], ["1"], grader="strict_boxed", reward_fn="tests.rewards.helpers:exact_reward")
 
 
 def test_extraction() -> None:

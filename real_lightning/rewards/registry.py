@@ -6,8 +6,8 @@ import functools
 import importlib
 from collections.abc import Callable
 
-from real_lightning.registry import Registry
-from real_lightning.verifiers.math import math_reward
+from real_lightning.rewards.math import math_reward
+from real_lightning.utils.registry import Registry
 
 #: A reward function: ``fn(response, ground_truth) -> reward``.
 RewardFn = Callable[[str, str], float]
@@ -27,12 +27,13 @@ def resolve_reward_fn(spec: str | RewardFn) -> RewardFn:
         The callable.
 
     Raises:
-        real_lightning.registry.UnknownNameError: for an unregistered bare name (the message lists the valid names).
+        real_lightning.utils.registry.UnknownNameError: for an unregistered bare name (the message lists the
+            valid names).
         ValueError: if the module of a path cannot be imported, lacks the attribute, or it is not callable.
         TypeError: if ``spec`` is neither a string nor a callable.
 
     Example:
-        >>> resolve_reward_fn("math") is resolve_reward_fn("real_lightning.verifiers:math_reward")
+        >>> resolve_reward_fn("math") is resolve_reward_fn("real_lightning.rewards:math_reward")
         True
     """
     if callable(spec):

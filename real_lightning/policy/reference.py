@@ -12,9 +12,9 @@ import torch
 from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh
 
-from real_lightning.fsdp import FSDPConfig, empty_policy, is_sharded, materialize
 from real_lightning.logprobs import sequence_logprobs
 from real_lightning.policy.loading import load_policy
+from real_lightning.policy.sharding import FSDPConfig, empty_policy, is_sharded, materialize
 from real_lightning.rollout.batch import RolloutBatch
 
 

@@ -38,8 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from real_lightning.dtypes import compute_dtype
-from real_lightning.logprobs import _forward_block, _shifted
+from real_lightning.logprobs.blocks import forward_block, shifted_block
+from real_lightning.utils.dtypes import compute_dtype
 
 __all__ = ["check_fusable", "fused_head_logprobs", "linear_token_logprobs"]
 
@@ -87,7 +87,7 @@ class _LinearTokenLogprobs(torch.autograd.Function):
                 stop = min(start + chunk_size, rows)
                 n = stop - start
                 block = _logits_block(hidden[start:stop], weight, bias, logits[:n])
-                block_lse, chosen, block_ent = _forward_block(
+                block_lse, chosen, block_ent = forward_block(
                     block, tokens[start:stop], temperature, with_entropy, work[:n], None if work2 is None else work2[:n]
                 )
                 lse[start:stop] = block_lse
@@ -124,7 +124,7 @@ class _LinearTokenLogprobs(torch.autograd.Function):
             scale = scale_all[start:stop, None]
             work = block if scratch is None else scratch[: stop - start]
             # (grad/τ)·(onehot − softmax), softmax = exp(x/τ − lse)
-            _shifted(block, lse[start:stop, None], temperature, out=work).exp_().mul_(scale.neg())
+            shifted_block(block, lse[start:stop, None], temperature, out=work).exp_().mul_(scale.neg())
             work.scatter_add_(1, tokens[start:stop, None], scale)
             g = work if scratch is None else block.copy_(work)  # rounded as nn.Linear's backward would see it
             if grad_h is not None:

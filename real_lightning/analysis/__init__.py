@@ -1,0 +1,1 @@
+"""Reading runs: gradient allocation statistics, evaluation tables, Pass@k, plots."""

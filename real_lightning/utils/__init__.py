@@ -1,0 +1,1 @@
+"""Small shared pieces: the collectives, dtype rules, name registries and group (segment) operations."""
