@@ -54,6 +54,9 @@ class RealLightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(PassAtKLogger, "pass_at_k")
         parser.add_lightning_class_args(RunHealthMonitor, "health")
+        # the data side and the evaluation tables name the policy by the option that loads it, not by the module
+        parser.link_arguments("model.pretrained", "data.tokenizer_from")
+        parser.link_arguments("model.pretrained", "pass_at_k.model_name")
         parser.add_argument(
             "--validate_before_fit",
             type=bool,

@@ -1,11 +1,13 @@
 """RealPolicyModule: the policy, its loss and its optimizer, as a LightningModule.
 
-One ``training_step`` is one optimizer step over one mini-batch. The step asks the data side's
-:class:`~real_lightning.rollout.collector.RolloutCollector` for its rollouts (pushing the policy's
-weights to the engine first when it is about to sample), computes π_old itself when the rollout
-batch needs it, and runs the mini-batch as micro-batches of whole groups, each forward followed by
-its backward, with the loss divided by counts taken over the whole step (all micro-batches, all
-ranks). See :mod:`real_lightning.step.accumulate`.
+One ``training_step`` is one optimizer step over one mini-batch. At the step boundary, when the step
+starts a rollout batch, the module pushes the policy's weights to the data side's engine and has the
+:class:`~real_lightning.rollout.collector.RolloutCollector` sample it (deciding dynamic sampling's rounds
+across ranks here: the sampling issues no collective). It computes π_old (and π_ref) when the batch needs
+them and hands them to the collector, which owns the batch. Then it runs the mini-batch as micro-batches of
+whole groups, each forward followed by its backward, with the loss divided by counts taken over the whole
+step (all micro-batches, all ranks; :mod:`real_lightning.step.accumulate`), and returns a typed
+:class:`~real_lightning.step.output.StepOutput` for the callbacks.
 """
 
 from __future__ import annotations
@@ -42,7 +44,15 @@ from real_lightning.rollout.batch import RolloutBatch, ValidationRollouts
 from real_lightning.rollout.collector import RolloutCollector
 from real_lightning.rollout.engine import RolloutEngine
 from real_lightning.rollout.requests import RolloutRequest, ValidationRequest
-from real_lightning.step.accumulate import ImportanceSampling, StepResult, accumulate_step, old_logprobs_pass
+from real_lightning.step.accumulate import (
+    Budget,
+    ImportanceSampling,
+    StepResult,
+    accumulate_step,
+    old_logprobs_pass,
+)
+from real_lightning.step.output import STEP_KEY, StepOutput
+from real_lightning.utils.distributed import all_reduce_max
 from real_lightning.utils.dtypes import torch_dtype
 
 _NOT_HPARAMS = {"counts"}
@@ -139,6 +149,7 @@ class RealPolicyModule(LightningModule):
         self._engines_set_up: dict[int, RolloutEngine] = {}  # by id: engines need not be hashable
         self._update_start: float | None = None
         self._grad_norm: Tensor | None = None  # this step's total gradient norm, before clipping
+        self._step_output: StepOutput | None = None  # what this step returns to the callbacks
 
     # --- sharding ---------------------------------------------------------------------------------------
 
@@ -235,25 +246,45 @@ class RealPolicyModule(LightningModule):
                 "data.schedule.prompts_per_minibatch and max_tokens_per_micro_batch to size steps and micro-batches"
             )
 
-    @override
-    def training_step(self, request: RolloutRequest, batch_idx: int) -> dict[str, Any]:
-        collector = self.collector
-        if collector.needs_generation(request):
-            self.push_weights(collector)
-        rollouts = collector.rollouts(request)
-        schedule = collector.schedule
-        budget = (schedule.max_tokens_per_micro_batch, schedule.max_sequences_per_micro_batch)
-        old_seconds = 0.0
+    def _sample_rollout_batch(self, collector: RolloutCollector, request: RolloutRequest) -> None:
+        """Sample the rollout batch ``request`` starts, at the step boundary: the engine gets the current weights,
+        and dynamic sampling's rounds continue while any rank is short (one all-reduce per round, issued here
+        on every rank: the sampling itself issues none)."""
+        self.push_weights(collector)
+        collector.start_rollout_batch(request)
+        # every rank runs the same number of rounds: continue while any rank is short
+        while collector.more_rounds_allowed() and all_reduce_max(int(collector.short_of_groups())):
+            collector.sample_round()
+        collector.finish_rollout_batch()
+
+    def _attach_logprobs(self, collector: RolloutCollector, rollouts: RolloutBatch, budget: Budget) -> float:
+        """π_old (when this update needs it) and π_ref (KL) of the rollout batch, computed here and handed to the
+        collector that owns the batch; returns the seconds spent."""
+        schedule, old, ref, seconds = collector.schedule, None, None, 0.0
         if schedule.old_logprobs == "engine" and rollouts.old_logprobs is None:
-            rollouts.old_logprobs = self.engine_old_logprobs(rollouts)
+            old = self.engine_old_logprobs(rollouts)
         elif self.needs_old_logprobs(rollouts, collector):
             start = time.perf_counter()
-            rollouts.old_logprobs = old_logprobs_pass(self.response_logprobs, rollouts, budget, self.device)
-            old_seconds = time.perf_counter() - start
+            old = old_logprobs_pass(self.response_logprobs, rollouts, budget, self.device)
+            seconds = time.perf_counter() - start
         if self.reference is not None and rollouts.ref_logprobs is None:  # once per rollout batch
             start = time.perf_counter()
-            rollouts.ref_logprobs = old_logprobs_pass(self._reference_logprobs, rollouts, budget, self.device)
-            old_seconds += time.perf_counter() - start
+            ref = old_logprobs_pass(self._reference_logprobs, rollouts, budget, self.device)
+            seconds += time.perf_counter() - start
+        if old is not None or ref is not None:
+            collector.attach_logprobs(old=old, ref=ref)
+        return seconds
+
+    @override
+    def training_step(self, request: RolloutRequest, batch_idx: int) -> dict[str, Any]:
+        """One optimizer step over the mini-batch ``request`` names; returns ``{"loss": …, "step":
+        StepOutput}`` (:mod:`real_lightning.step.output`: what callbacks read)."""
+        collector = self.collector
+        if collector.needs_generation(request):
+            self._sample_rollout_batch(collector, request)
+        schedule = collector.schedule
+        budget = (schedule.max_tokens_per_micro_batch, schedule.max_sequences_per_micro_batch)
+        old_seconds = self._attach_logprobs(collector, collector.rollouts(request), budget)
         minibatch = collector.minibatch(request)
         self._update_start = time.perf_counter()
         self.policy.zero_grad(set_to_none=True)  # optimizer_zero_grad is a no-op: the step accumulates here
@@ -272,13 +303,10 @@ class RealPolicyModule(LightningModule):
         )
         self._skip_update = result.skipped
         self._log_step(result, len(minibatch))
-        return {
-            "loss": self._sync_loss(),
-            "loss_output": result.loss_output,
-            "rollouts": result.rollouts,
-            "metrics": result.metrics,  # what the step logged (global values), for callbacks such as RunHealthMonitor
-            "skipped": result.skipped,
-        }
+        self._step_output = StepOutput(
+            skipped=result.skipped, metrics=result.metrics, loss_output=result.loss_output, rollouts=result.rollouts
+        )
+        return {"loss": self._sync_loss(), STEP_KEY: self._step_output}
 
     def _sync_loss(self) -> Tensor:
         """What Lightning back-propagates after the step's own backward passes: zero, touching every parameter.
@@ -313,6 +341,8 @@ class RealPolicyModule(LightningModule):
         self._grad_norm = total_grad_norm(list(self.policy.parameters()))
         if self._grad_norm is not None:
             self.log("train/grad_norm", self._grad_norm)
+            if self._step_output is not None:
+                self._step_output.grad_norm = self._grad_norm.detach()
         self.log("train/lr", optimizer.param_groups[0]["lr"])
 
     @override
@@ -337,6 +367,7 @@ class RealPolicyModule(LightningModule):
         if self._update_start is not None:
             self.log("time/update_s", time.perf_counter() - self._update_start)
             self._update_start = None
+        self._step_output = None
 
     @override
     def configure_optimizers(self) -> dict[str, Any]:

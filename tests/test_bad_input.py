@@ -16,7 +16,7 @@ from real_lightning.data.prompts import model_positions, prompt_limit
 from real_lightning.data.sources import DatasetSpec, load_dataset_spec
 from real_lightning.losses import LOSS_OPTION_RULES, LOSSES, check_loss_options
 from real_lightning.module import RealPolicyModule
-from real_lightning.policy.loading import TINY_POLICY_DIR, resolve_pretrained
+from real_lightning.policy.loading import BUILTIN, TINY_POLICY_DIR, resolve_pretrained
 from real_lightning.rollout.hf import HFEngine
 from real_lightning.rollout.schedule import RolloutSchedule
 
@@ -30,7 +30,7 @@ def _datamodule(train: str, engine: HFEngine | None = None, **kwargs) -> Rollout
         engine=engine or HFEngine(max_new_tokens=6),
         schedule=RolloutSchedule(prompts_per_rollout=2, rollouts_per_prompt=4),
         verifier=VerifierConfig(reward=REWARD, workers=1, truncated_is_wrong=False),
-        **kwargs,
+        **{"tokenizer_from": BUILTIN, **kwargs},  # the character tokenizer every test policy shares
     )
 
 

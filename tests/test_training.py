@@ -11,9 +11,11 @@ from real_lightning.data.config import ValidationConfig, VerifierConfig
 from real_lightning.data.datamodule import RolloutDataModule
 from real_lightning.data.sources import DatasetSpec
 from real_lightning.module import RealPolicyModule, lr_factor
+from real_lightning.policy.loading import BUILTIN
 from real_lightning.rollout.hf import HFEngine
 from real_lightning.rollout.schedule import RolloutSchedule
 from real_lightning.step.accumulate import old_logprobs_pass
+from real_lightning.step.output import step_output
 from real_lightning.utils.registry import UnknownNameError
 
 REWARD = "tests.rewards_for_tests:contains_seven"
@@ -29,6 +31,7 @@ def make_datamodule(engine=None, val_limit: int = 8, seed: int = 0, **schedule) 
         verifier=VerifierConfig(reward=REWARD, workers=1, truncated_is_wrong=False),
         validation=ValidationConfig(samples=4, prompts_per_batch=4),
         seed=seed,
+        tokenizer_from=BUILTIN,  # the character tokenizer every test policy shares
     )
 
 
@@ -304,7 +307,7 @@ class _OldLogprobsRecorder(pl.Callback):
         self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        rollouts = outputs["rollouts"]
+        rollouts = step_output(outputs).rollouts
         self.pairs.append((rollouts.old_logprobs, rollouts.behaviour_logprobs))
 
 
@@ -355,3 +358,66 @@ def test_engines_are_torn_down_when_fit_ends_and_set_up_again_for_the_next_use(p
     assert (engine.setups, engine.teardowns) == (1, 1) and engine._model is None
     trainer.validate(module, datamodule=datamodule)
     assert (engine.setups, engine.teardowns) == (2, 1)
+
+
+class _StepOutputs(pl.Callback):
+    """Keeps the StepOutput of every step and the grad norm the module logged."""
+
+    def __init__(self) -> None:
+        self.steps: list = []
+        self.logged_grad_norms: list = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps.append(step_output(outputs))
+        self.logged_grad_norms.append(trainer.callback_metrics.get("train/grad_norm"))
+
+
+def _fit_records(policy_dir, tmp_path, engine) -> _StepOutputs:
+    recorder = _StepOutputs()
+    pl.seed_everything(0)
+    module = RealPolicyModule(pretrained=policy_dir, lr=1e-2)
+    trainer = quiet_trainer(tmp_path, max_steps=4, callbacks=[recorder])
+    trainer.fit(module, make_datamodule(engine=engine, prompts_per_minibatch=2))
+    return recorder
+
+
+def test_callbacks_get_a_typed_step_output(policy_dir, tmp_path) -> None:
+    """``on_train_batch_end`` receives the step's StepOutput: its metrics, per-rollout loss values, the rollouts
+    with their prompt and response texts, and the gradient norm the module logged."""
+    recorder = _fit_records(policy_dir, tmp_path, HFEngine(max_new_tokens=6))
+    assert len(recorder.steps) == 4
+    for step, logged in zip(recorder.steps, recorder.logged_grad_norms, strict=True):
+        assert not step.skipped and "train/loss" in step.metrics
+        assert step.grad_norm is not None and torch.equal(step.grad_norm, logged)
+        assert len(step.rollouts) == len(step.loss_output.metrics["scores"]) == 2 * 4  # 2 prompts × 4 rollouts
+        assert len(step.rollouts.prompts) == len(step.rollouts.responses) == len(step.rollouts)
+        assert all(prompt.endswith("=") for prompt in step.rollouts.prompts)  # the arithmetic task's prompts
+
+
+def test_an_engine_with_a_copy_of_the_weights_trains_exactly_like_the_shared_one(policy_dir, tmp_path) -> None:
+    """4 steps, 2 rollout batches (the second sampled by weights pushed after 2 updates): the same losses,
+    rewards and gradient norms, bit for bit."""
+    shared = _fit_records(policy_dir, tmp_path / "shared", HFEngine(max_new_tokens=6))
+    copied = _fit_records(policy_dir, tmp_path / "copy", HFEngine(max_new_tokens=6, weights="copy"))
+    for a, b in zip(shared.steps, copied.steps, strict=True):
+        assert torch.equal(a.metrics["train/loss"], b.metrics["train/loss"])
+        assert torch.equal(a.rollouts.input_ids, b.rollouts.input_ids) and torch.equal(a.grad_norm, b.grad_norm)
+
+
+def test_the_module_hands_log_probs_to_the_collector_and_writes_nothing_into_its_batch(policy_dir) -> None:
+    """One owner per record: π_old reaches the batch in flight through the collector, as a new record; the
+    record served before is unchanged, and what a checkpoint saves holds π_old."""
+    module = RealPolicyModule(pretrained=policy_dir, lr=1e-3)
+    dm = attached(module, make_datamodule(recompute_old_logprobs=True, prompts_per_minibatch=2))
+    module.trainer = quiet_trainer(".", max_steps=1)
+    request = next(iter(dm.train_dataloader()))
+    served = dm.collector.rollouts(request)
+    assert served.old_logprobs is None
+    module._attach_logprobs(dm.collector, served, (None, None))
+    assert served.old_logprobs is None  # untouched
+    in_flight = dm.collector.rollouts(request)
+    assert in_flight is not served and in_flight.old_logprobs is not None
+    assert torch.equal(in_flight.input_ids, served.input_ids)
+    dm.collector.minibatch(request)
+    saved = dm.state_dict()["collector"]["ranks"][0]["batch"]
+    assert torch.equal(saved["old_logprobs"], in_flight.old_logprobs)

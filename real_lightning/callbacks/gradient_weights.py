@@ -20,9 +20,9 @@ from real_lightning.utils.groups import NEGATIVE, POSITIVE
 class GradientWeightMonitor(PeriodicStepCallback):
     """Logs the per-rollout gradient weights ∂L/∂s of the last update every ``every_n_steps`` steps.
 
-    Reads what ``training_step`` returns to ``on_train_batch_end``: ``outputs["loss_output"]`` (its
+    Reads the step's :class:`~real_lightning.step.output.StepOutput` at ``on_train_batch_end``: ``loss_output`` (its
     ``grad_weights``, ``scores`` and ``labels`` over every micro-batch of the step) and
-    ``outputs["rollouts"]`` (group ids, lengths, rewards, rows in the same order), and logs:
+    ``rollouts`` (group ids, lengths, rewards, rows in the same order), and logs:
 
     - TensorBoard histograms ``weights/positive`` and ``weights/negative`` of the signed weights;
     - scalars ``weights/{pos,neg}_abs_max``, ``_abs_mean``, ``weights/domination_max`` / ``_mean``,

@@ -28,17 +28,19 @@ class PassAtKLogger(Callback):
     Args:
         ks: the k values; each must be ≤ the number of samples per prompt.
         tables: write the evaluation tables after every validation (and test).
+        model_name: how the tables name the policy (``real-lightning`` sets it to ``model.pretrained``).
 
     Example:
         >>> PassAtKLogger(ks=(1, 8))
         PassAtKLogger(ks=(1, 8))
     """
 
-    def __init__(self, ks: tuple[int, ...] | list[int] = (1,), tables: bool = True) -> None:
+    def __init__(self, ks: tuple[int, ...] | list[int] = (1,), tables: bool = True, model_name: str = "policy") -> None:
         if not ks or any(k < 1 for k in ks):
             raise ValueError(f"ks must be positive integers, got {ks}")
         self.ks = tuple(ks)
         self.tables = tables
+        self.model_name = model_name
         self.history: dict[str, list[tuple[int, float]]] = {}
         self._metrics: dict[str, dict[int, PassAtK]] = {}
         self._lengths: dict[str, MeanMetric] = {}
@@ -100,8 +102,7 @@ class PassAtKLogger(Callback):
             pl_module.log(f"{stage}/{r.name}/truncation_rate", r.truncated, add_dataloader_idx=False)
         if self.tables and results and not trainer.sanity_checking and trainer.is_global_zero:
             folder = local_log_folder(trainer) / "evaluation"  # rank 0 only: no collective (not trainer.log_dir)
-            model = getattr(pl_module, "hparams", {}).get("pretrained", type(pl_module).__name__)
-            label = f"{model} (step {trainer.global_step})"
+            label = f"{self.model_name} (step {trainer.global_step})"
             write_tables(results, folder, trainer.global_step, label=label)
         self._reset()
 

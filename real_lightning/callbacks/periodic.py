@@ -9,6 +9,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from real_lightning.losses.common import LossOutput
+from real_lightning.rollout.batch import RolloutBatch
+from real_lightning.step.output import step_output
+
 
 def logger_step(trainer: Trainer) -> int:
     """The step Lightning gives what the current training batch logs (``self.log``): the optimizer steps before it
@@ -46,11 +50,11 @@ class PeriodicStepCallback(Callback):
         self.logged_steps.append(trainer.global_step)
 
     @staticmethod
-    def step_outputs(outputs: Any) -> tuple[Any, Any]:
-        """(loss output, rollouts) from what ``RealPolicyModule.training_step`` returned; Nones otherwise."""
-        if not isinstance(outputs, dict):
-            return None, None
-        return outputs.get("loss_output"), outputs.get("rollouts")
+    def step_outputs(outputs: Any) -> tuple[LossOutput | None, RolloutBatch | None]:
+        """(loss output, rollouts) of the :class:`~real_lightning.step.output.StepOutput` the step returned;
+        Nones otherwise."""
+        step = step_output(outputs)
+        return (None, None) if step is None else (step.loss_output, step.rollouts)
 
     def warn_without_tensorboard(self, trainer: Trainer, what: str) -> None:
         """Say once, at the start of fit, that ``what`` needs a TensorBoard logger and will not be written."""

@@ -10,6 +10,7 @@ from typing_extensions import override
 
 from real_lightning.callbacks.periodic import PeriodicStepCallback, logger_step
 from real_lightning.rewards.answers import describe_ground_truth
+from real_lightning.rollout.batch import RolloutBatch
 
 
 def _cell(text: str, limit: int) -> str:
@@ -43,12 +44,11 @@ class RolloutSampleLogger(PeriodicStepCallback):
     def __repr__(self) -> str:
         return f"RolloutSampleLogger(every_n_steps={self.every_n_steps}, num_samples={self.num_samples})"
 
-    def sample_table(self, batch: Any, tokenizer: Any) -> str:
-        """Markdown table of the first rollouts of ``batch``."""
+    def sample_table(self, batch: RolloutBatch) -> str:
+        """Markdown table of the first rollouts of ``batch`` (the prompt as the policy saw it)."""
         rows = ["| prompt | response | ground truth | reward |", "| --- | --- | --- | --- |"]
         for i in range(min(self.num_samples, len(batch))):
-            prompt_ids = batch.input_ids[i, : batch.prompt_length][batch.attention_mask[i, : batch.prompt_length] > 0]
-            prompt = tokenizer.decode(prompt_ids.tolist(), skip_special_tokens=True) if tokenizer else ""
+            prompt = batch.prompts[i] if batch.prompts else ""
             response = batch.responses[i] if batch.responses else ""
             truth = describe_ground_truth(batch.ground_truths[i]) if batch.ground_truths else ""
             rows.append(
@@ -69,7 +69,7 @@ class RolloutSampleLogger(PeriodicStepCallback):
         _, rollouts = self.step_outputs(outputs)
         if rollouts is None or not len(rollouts) or not self.due(trainer):
             return
-        table = self.sample_table(rollouts, getattr(pl_module, "tokenizer", None))
+        table = self.sample_table(rollouts)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_text("rollouts/samples", table, global_step=step)

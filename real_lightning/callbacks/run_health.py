@@ -1,12 +1,13 @@
 """RunHealthMonitor: notice when a run has stopped learning, say why once, and what to try.
 
-It watches signals the module already logs — what ``training_step`` returns under ``outputs["metrics"]``
-(global values: every rank sees the same keys and numbers), ``train/grad_norm`` from
-``trainer.callback_metrics`` and the validation Pass@1 — and turns a condition that holds for ``patience``
-steps (or a single spike) into a *finding*: logged as ``health/<name>`` (1 while it holds, else 0) and
-``health/<name>_value``, printed once with its step range, numbers, likely cause and what to try, listed in a
-summary at the end of ``fit`` and in ``<log dir>/health.json``. Findings named in ``stop_on`` end the run
-with a checkpoint.
+It watches signals the module already logs — the step's :class:`~real_lightning.step.output.StepOutput`
+(``metrics``: global values, every rank sees the same keys and numbers; ``grad_norm``) and the validation
+Pass@1 (read from ``trainer.callback_metrics`` as Lightning's ``EarlyStopping`` reads a monitored value: already
+reduced over ranks by :class:`~real_lightning.callbacks.pass_at_k.PassAtKLogger`, so no second collective) —
+and turns a condition that holds for ``patience`` steps (or a single spike) into a *finding*: logged as
+``health/<name>`` (1 while it holds, else 0) and ``health/<name>_value``, printed once with its step range,
+numbers, likely cause and what to try, listed in a summary at the end of ``fit`` and in
+``<log dir>/health.json``. Findings named in ``stop_on`` end the run with a checkpoint.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from real_lightning.callbacks.log_folder import local_log_folder
 from real_lightning.callbacks.periodic import logger_step
 from real_lightning.callbacks.stopping import stop_checkpoint_path
 from real_lightning.callbacks.watchdog import WatchdogHooks
+from real_lightning.step.output import step_output
 
 log = logging.getLogger(__name__)
 
@@ -322,12 +324,11 @@ class RunHealthMonitor(WatchdogHooks):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self.beat(f"step {trainer.global_step} done")
-        step_outputs = outputs if isinstance(outputs, dict) else {}
-        skipped = bool(step_outputs.get("skipped", False))
-        metrics = dict(step_outputs.get("metrics") or {})
-        grad_norm = trainer.callback_metrics.get("train/grad_norm")
-        if grad_norm is not None and not skipped:
-            metrics["train/grad_norm"] = grad_norm
+        output = step_output(outputs)
+        skipped = output is not None and output.skipped
+        metrics: dict[str, Any] = dict(output.metrics) if output is not None else {}
+        if output is not None and output.grad_norm is not None and not skipped:
+            metrics["train/grad_norm"] = output.grad_norm
         step = trainer.global_step
         started = self.observe(step, metrics, skipped)
         self._say_new(trainer, started)

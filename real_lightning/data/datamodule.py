@@ -20,6 +20,7 @@ from real_lightning.data.prompts import (
     warn_past_positions,
 )
 from real_lightning.data.sources import DatasetSpec, load_dataset_spec
+from real_lightning.policy.loading import load_tokenizer
 from real_lightning.rollout.collector import RolloutCollector
 from real_lightning.rollout.engine import RolloutEngine, check_training_temperature
 from real_lightning.rollout.hf import HFEngine
@@ -51,6 +52,9 @@ class RolloutDataModule(LightningDataModule):
         verifier: the reward function and its budget.
         validation: samples per validation prompt and chunk size.
         seed: prompt order, sampling seeds and validation sampling.
+        tokenizer_from: the model (directory, hub name or ``builtin:tiny``) whose tokenizer encodes the prompts;
+            ``real-lightning`` sets it to ``model.pretrained``. None: call :meth:`attach_tokenizer` before
+            ``setup``.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class RolloutDataModule(LightningDataModule):
         verifier: VerifierConfig = VerifierConfig(),  # noqa: B008
         validation: ValidationConfig = ValidationConfig(),  # noqa: B008
         seed: int = 0,
+        tokenizer_from: str | None = None,
     ) -> None:
         super().__init__()
         self.train_spec = train
@@ -97,6 +102,7 @@ class RolloutDataModule(LightningDataModule):
             "seed": seed,
         }
         self.save_hyperparameters({"data": data_hparams})  # one key: no clash with the module's names
+        self.tokenizer_from = tokenizer_from
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.collector: RolloutCollector | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -108,7 +114,7 @@ class RolloutDataModule(LightningDataModule):
         return list(self.val_specs)
 
     def attach_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        """Use this tokenizer (normally taken from the trainer's module in :meth:`setup`)."""
+        """Use this tokenizer (instead of loading the one of ``tokenizer_from`` in :meth:`setup`)."""
         self.tokenizer = tokenizer
 
     def _tokenize(self, spec: DatasetSpec, name: str, positions: int | None = None) -> list[TokenizedPrompt]:
@@ -130,11 +136,12 @@ class RolloutDataModule(LightningDataModule):
     @override
     def setup(self, stage: str) -> None:
         if self.tokenizer is None:
-            if self.trainer is None or not hasattr(self.trainer.lightning_module, "tokenizer"):
+            if self.tokenizer_from is None:
                 raise RuntimeError(
-                    "RolloutDataModule needs a tokenizer: use it with RealPolicyModule or call attach_tokenizer()"
+                    "RolloutDataModule needs a tokenizer: pass tokenizer_from=<the policy's directory or name> "
+                    "(real-lightning sets it to model.pretrained) or call attach_tokenizer()"
                 )
-            self.tokenizer = self.trainer.lightning_module.tokenizer
+            self.tokenizer = load_tokenizer(self.tokenizer_from)
         if stage == "fit":
             check_training_temperature(self.engine.temperature)
         if self.trainer is not None:

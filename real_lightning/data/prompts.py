@@ -14,10 +14,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TokenizedPrompt:
-    """A record with its prompt token ids."""
+    """A record with its prompt token ids and the text they encode (what the policy sees: the chat template
+    applied, the suffix appended)."""
 
     record: PromptRecord
     ids: list[int]
+    text: str = ""
 
 
 def prompt_text(record: PromptRecord, tokenizer: PreTrainedTokenizerBase, suffix: str = "") -> tuple[str, bool]:
@@ -98,7 +100,7 @@ def tokenize_prompts(
         if len(ids) > max_length:
             dropped += 1
             continue
-        kept.append(TokenizedPrompt(record, ids))
+        kept.append(TokenizedPrompt(record, ids, text))
     if dropped:
         log.warning("%s: dropped %d of %d prompts longer than %s", name, dropped, len(records), limit)
     if not kept:

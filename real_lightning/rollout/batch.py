@@ -44,6 +44,7 @@ class RolloutBatch:
             once per rollout batch when the KL penalty is on; else None.
         responses: decoded responses (for sample tables), or empty.
         ground_truths: reference answers (a tuple: accepted answers), or empty.
+        prompts: the prompt texts the policy saw (chat template applied), or empty.
         stats: scalars about how the batch was made (seconds per phase, verifier counts), for logging.
     """
 
@@ -62,6 +63,7 @@ class RolloutBatch:
     ref_logprobs: Tensor | None = None
     responses: list[str] = field(default_factory=list)
     ground_truths: list[GroundTruth] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
     stats: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:

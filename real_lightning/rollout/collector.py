@@ -1,16 +1,24 @@
 """The rollout collector: turns a request into verified rollouts (engine → scorer → RolloutBatch).
 
 It belongs to the data side: the module asks it for rollouts and pushes weights to its engines; it
-never calls back into the module. It keeps the rollout batch in flight (with π_old once the module
-has computed it) and saves it with the checkpoint, so a run resumed in the middle of a rollout batch
-continues on exactly the same rollouts.
+never calls back into the module. It owns the rollout batch in flight: nothing else writes into it. π_old
+and π_ref, which the module computes, reach it through :meth:`RolloutCollector.attach_logprobs` (a new
+record replaces the old), and the checkpoint saves what the collector holds, so a run resumed in the middle
+of a rollout batch continues on exactly the same rollouts.
+
+Sampling issues no collective. Dynamic sampling's extra rounds need every rank to agree (a sharded policy
+samples with all ranks): the caller decides between rounds — :meth:`RolloutCollector.start_rollout_batch`,
+then :meth:`~RolloutCollector.sample_round` while :meth:`~RolloutCollector.more_rounds_allowed` and any rank is
+:meth:`~RolloutCollector.short_of_groups`, then :meth:`~RolloutCollector.finish_rollout_batch` (the module does
+this at the step boundary, with one all-reduce per round; :meth:`~RolloutCollector.collect` is the same loop
+decided by this rank alone, for one process).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,7 +29,7 @@ from real_lightning.rollout.engine import Generation, RolloutEngine
 from real_lightning.rollout.requests import PromptOrder, RolloutRequest, ValidationRequest, derive_seed
 from real_lightning.rollout.schedule import RolloutSchedule
 from real_lightning.rollout.scoring import Scorer, Scores
-from real_lightning.utils.distributed import all_gather_objects, all_reduce_max
+from real_lightning.utils.distributed import all_gather_objects
 from real_lightning.utils.groups import build_groups
 
 if TYPE_CHECKING:  # the data package imports this module
@@ -53,6 +61,16 @@ def sample_and_score(
     return Sampled(prompts, generation, scores, generated - start, time.perf_counter() - generated)
 
 
+@dataclass
+class _RolloutBatchInProgress:
+    """A rollout batch being sampled: the rounds so far and the groups kept (dynamic sampling)."""
+
+    request: RolloutRequest
+    start: float
+    sampled: list[RolloutBatch]
+    kept: RolloutBatch
+
+
 def _as_rollouts(sampled: Sampled, n: int, group_offset: int, temperature: float, version: int) -> RolloutBatch:
     g, count = sampled.generation, len(sampled.prompts)
     return RolloutBatch(
@@ -69,6 +87,7 @@ def _as_rollouts(sampled: Sampled, n: int, group_offset: int, temperature: float
         behaviour_logprobs=None if g.behaviour_logprobs is None else g.behaviour_logprobs.float().cpu(),
         responses=list(g.texts),
         ground_truths=[p.record.ground_truth for p in sampled.prompts for _ in range(n)],
+        prompts=[p.text for p in sampled.prompts for _ in range(n)],
         stats={
             "time/generation_s": sampled.generation_s,
             "time/verification_s": sampled.verification_s,
@@ -123,6 +142,7 @@ class RolloutCollector:
         """The first training step not yet served (the data position a checkpoint saves)."""
         self._rollout_index = -1
         self._batch: RolloutBatch | None = None
+        self._in_progress: _RolloutBatchInProgress | None = None
 
     # --- training ---------------------------------------------------------------------------------
 
@@ -131,12 +151,85 @@ class RolloutCollector:
         return request.rollout_index != self._rollout_index
 
     def rollouts(self, request: RolloutRequest) -> RolloutBatch:
-        """This rank's whole rollout batch of ``request`` (sampled, scored, filtered), sampled on first use."""
+        """This rank's whole rollout batch of ``request`` (sampled, scored, filtered), sampled on first use.
+
+        Sampling here decides dynamic sampling's rounds from this rank alone (:meth:`collect`): with several
+        ranks the caller samples first, agreeing on the rounds across ranks (the module does)."""
         if self.needs_generation(request):
-            self._batch, self._rollout_index = None, -1  # free the previous batch before sampling
-            self._batch = self._collect(request)
-            self._rollout_index = request.rollout_index
+            if self.world_size > 1:
+                raise RuntimeError(
+                    "with several ranks, sample the rollout batch first (start_rollout_batch, sample_round while "
+                    "any rank is short_of_groups, finish_rollout_batch)"
+                )
+            self.collect(request)
         assert self._batch is not None
+        return self._batch
+
+    def collect(self, request: RolloutRequest) -> RolloutBatch:
+        """Sample, score and filter the rollout batch of ``request``, this rank deciding dynamic sampling's rounds
+        alone: round 0, more rounds while allowed and short of groups, then the batch's statistics."""
+        self.start_rollout_batch(request)
+        while self.more_rounds_allowed() and self.short_of_groups():
+            self.sample_round()
+        return self.finish_rollout_batch()
+
+    def start_rollout_batch(self, request: RolloutRequest) -> None:
+        """Sample and score round 0 of ``request``'s rollout batch (the previous batch is freed first)."""
+        self._batch, self._rollout_index = None, -1
+        start = time.perf_counter()
+        first = self._sample(request.prompt_indices, request.seed, group_offset=0)
+        kept = first.select(torch.nonzero(contrast_mask(first)).flatten()) if self.schedule.dynamic_sampling else first
+        self._in_progress = _RolloutBatchInProgress(request, start, [first], kept)
+
+    def more_rounds_allowed(self) -> bool:
+        """Dynamic sampling is on and fewer than ``max_sampling_rounds`` extra rounds were sampled."""
+        progress = self._in_progress
+        assert progress is not None, "start_rollout_batch first"
+        return self.schedule.dynamic_sampling and len(progress.sampled) - 1 < self.schedule.max_sampling_rounds
+
+    def short_of_groups(self) -> bool:
+        """This rank kept fewer groups with a contrast than its share of prompts (dynamic sampling)."""
+        progress = self._in_progress
+        assert progress is not None, "start_rollout_batch first"
+        return _num_groups(progress.kept) < len(progress.request.prompt_indices)
+
+    def sample_round(self) -> None:
+        """Dynamic sampling's next round: as many fresh prompts from the order as the rollout batch has, their
+        groups with a contrast kept."""
+        progress = self._in_progress
+        assert progress is not None and self.order is not None
+        round_index = len(progress.sampled)
+        request, count = progress.request, len(progress.request.prompt_indices)
+        indices = self.order.refill(request.rollout_index, round_index, self.rank, count)
+        seed = derive_seed(self.seed, "sample", request.rollout_index, self.rank, round_index)
+        more = self._sample(indices, seed, group_offset=round_index * count)
+        progress.sampled.append(more)
+        progress.kept = concat_batches([progress.kept, more.select(torch.nonzero(contrast_mask(more)).flatten())])
+
+    def finish_rollout_batch(self) -> RolloutBatch:
+        """The rollout batch being sampled, complete (its first groups with a contrast under dynamic sampling),
+        with its statistics; it becomes the batch in flight."""
+        progress = self._in_progress
+        assert progress is not None
+        count = len(progress.request.prompt_indices)
+        batch, sampled = progress.kept, progress.sampled
+        if self.schedule.dynamic_sampling and len(batch):
+            batch = batch.take_groups(batch.groups_in_order()[:count])
+        raw = concat_batches(sampled) if len(sampled) > 1 else sampled[0]
+        batch = replace(batch, stats=_rollout_stats(sampled, raw, batch, time.perf_counter() - progress.start))
+        sleep = getattr(self.engine, "sleep", None)  # engines that can free their memory while the trainer runs
+        if callable(sleep):
+            sleep()
+        self._in_progress = None
+        self._batch, self._rollout_index = batch, progress.request.rollout_index
+        return batch
+
+    def attach_logprobs(self, old: Tensor | None = None, ref: Tensor | None = None) -> RolloutBatch:
+        """The batch in flight with π_old (and π_ref) [B, T] log-probs the module computed, as a new record that
+        replaces it (and that a checkpoint saves); None leaves a field as it is."""
+        assert self._batch is not None, "no rollout batch in flight"
+        updates = {name: value for name, value in (("old_logprobs", old), ("ref_logprobs", ref)) if value is not None}
+        self._batch = replace(self._batch, **updates)
         return self._batch
 
     def minibatch(self, request: RolloutRequest) -> RolloutBatch:
@@ -154,7 +247,7 @@ class RolloutCollector:
         groups = groups[torch.randperm(groups.numel(), generator=generator)]
         size = self.schedule.local_minibatch_prompts(self.world_size)
         minibatch = batch.take_groups(groups[position * size : (position + 1) * size])
-        minibatch.stats = dict(batch.stats) if request.minibatch_index == 0 else {}
+        minibatch = replace(minibatch, stats=dict(batch.stats) if request.minibatch_index == 0 else {})
         self.next_step = request.step + 1
         return minibatch
 
@@ -164,31 +257,6 @@ class RolloutCollector:
         )
         n = self.schedule.rollouts_per_prompt
         return _as_rollouts(sampled, n, group_offset, self.engine.temperature, self.engine.policy_version)
-
-    def _collect(self, request: RolloutRequest) -> RolloutBatch:
-        start = time.perf_counter()
-        count = len(request.prompt_indices)
-        sampled = [self._sample(request.prompt_indices, request.seed, group_offset=0)]
-        batch = sampled[0]
-        if self.schedule.dynamic_sampling:
-            kept = batch.select(torch.nonzero(contrast_mask(batch)).flatten())
-            rounds = 0
-            # every rank runs the same number of rounds: continue while any rank is short
-            while rounds < self.schedule.max_sampling_rounds and all_reduce_max(int(_num_groups(kept) < count)):
-                rounds += 1
-                assert self.order is not None
-                indices = self.order.refill(request.rollout_index, rounds, self.rank, count)
-                seed = derive_seed(self.seed, "sample", request.rollout_index, self.rank, rounds)
-                sampled.append(self._sample(indices, seed, group_offset=rounds * count))
-                more = sampled[-1]
-                kept = concat_batches([kept, more.select(torch.nonzero(contrast_mask(more)).flatten())])
-            batch = kept.take_groups(kept.groups_in_order()[:count]) if len(kept) else kept
-        raw = concat_batches(sampled) if len(sampled) > 1 else sampled[0]
-        batch.stats = _rollout_stats(sampled, raw, batch, time.perf_counter() - start)
-        sleep = getattr(self.engine, "sleep", None)  # engines that can free their memory while the trainer runs
-        if callable(sleep):
-            sleep()
-        return batch
 
     # --- validation -------------------------------------------------------------------------------
 

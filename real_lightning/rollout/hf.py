@@ -1,4 +1,6 @@
-"""Rollouts with Hugging Face ``model.generate``, in the training process, on the training weights."""
+"""Rollouts with Hugging Face ``model.generate`` (or a lean KV-cache loop) in the training process: on the training
+module itself (``weights: shared``) or on a copy of its weights the module pushes once per policy version
+(``weights: copy``)."""
 
 from __future__ import annotations
 
@@ -63,10 +65,16 @@ class HFEngine:
         decoder: ``loop`` samples with :func:`real_lightning.rollout.decode.decode` (a lean KV-cache loop
             that draws tokens by inversion; plain sampling only), ``generate`` with ``model.generate``;
             ``auto`` (default): ``loop`` unless ``top_p``, ``top_k`` or ``stop`` ask for ``generate``.
+        weights: ``shared`` (default) generates with the training module itself (:meth:`setup` hands it over), so
+            :meth:`update_weights` has nothing to copy: it records the version. Under FSDP2 each forward then
+            gathers the shards, a collective on every rank. ``copy`` keeps a full copy of the policy of its own
+            (built from the model's config in :meth:`setup`; one more copy of the weights in memory), loaded with
+            the full tensors :meth:`update_weights` receives: sampling reads nothing of the training module and
+            issues no collective, so the engine can sample while the trainer updates (asynchronous rollouts).
+            The same weights give the same samples either way.
 
-    The engine generates with the training module itself (:meth:`setup` hands it over), so
-    :meth:`update_weights` has nothing to copy: it records the version. Behaviour log-probs are not
-    reported: sampling uses the training weights, so π_behaviour is π_old up to kernel differences.
+    Behaviour log-probs are not reported: sampling uses the training weights (or an exact copy of them), so
+    π_behaviour is π_old up to kernel differences.
     """
 
     def __init__(
@@ -80,6 +88,7 @@ class HFEngine:
         max_batch_size: int | None = None,
         synced_gpus: bool | None = None,
         decoder: Literal["auto", "loop", "generate"] = "auto",
+        weights: Literal["shared", "copy"] = "shared",
     ) -> None:
         check_sampling(max_new_tokens, temperature, top_p, top_k)
         plain = top_p == 1.0 and top_k == 0 and not stop
@@ -87,7 +96,10 @@ class HFEngine:
             raise ValueError(f"decoder must be 'auto', 'loop' or 'generate', got {decoder!r}")
         if decoder == "loop" and not plain:
             raise ValueError("decoder 'loop' samples plainly: top_p 1, top_k 0 and no stop strings (or 'generate')")
+        if weights not in ("shared", "copy"):
+            raise ValueError(f"weights must be 'shared' or 'copy', got {weights!r}")
         self.decoder = decoder
+        self.weights = weights
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
@@ -111,15 +123,24 @@ class HFEngine:
         return self.decoder == "loop" or (self.decoder == "auto" and plain)
 
     def setup(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
-        """Generate with ``model`` (the training policy, shared, not copied) and ``tokenizer``."""
-        self._model, self._tokenizer = model, tokenizer
+        """Generate with ``model`` (``weights: shared``: the training policy itself) or with a policy of the same
+        architecture built here (``copy``: its weights arrive through :meth:`update_weights`), and ``tokenizer``."""
+        self._tokenizer = tokenizer
+        self._model = model if self.weights == "shared" else _empty_copy(model)
+        self._version = -1
 
     def teardown(self) -> None:
-        """Drop the references to the training module and tokenizer (set up again before the next use)."""
+        """Drop the model (the training module's reference, or the copy) and the tokenizer (set up again before
+        the next use)."""
         self._model, self._tokenizer, self._version = None, None, -1
 
     def update_weights(self, named_tensors: Iterable[tuple[str, Tensor]], version: int) -> None:
-        """The engine reads the policy's live weights: only the version is recorded (nothing is consumed)."""
+        """``shared``: the engine reads the policy's live weights, only the version is recorded (nothing is
+        consumed). ``copy``: every parameter of the copy is loaded from the (name, full tensor) pairs."""
+        if self.weights == "copy":
+            if self._model is None:
+                raise RuntimeError("HFEngine.update_weights before setup(model, tokenizer)")
+            _load_weights(self._model, named_tensors)
         self._version = version
 
     def _synced(self, model: nn.Module) -> bool:
@@ -245,3 +266,29 @@ class HFEngine:
                     lo = mid + 1
             out.append(lo)
         return torch.tensor(out, dtype=torch.long, device=responses.device)
+
+
+def _empty_copy(model: nn.Module) -> nn.Module:
+    """A model of ``model``'s class and config on its device, in its parameters' dtype, for weights to be loaded
+    into (initialised without touching the global RNG; frozen, in eval mode)."""
+    first = next(model.parameters())
+    local = first.to_local() if hasattr(first, "to_local") else first
+    config = model.config
+    with torch.random.fork_rng(devices=[] if local.device.type == "cpu" else [local.device]), local.device:
+        copy = type(model)._from_config(config, dtype=first.dtype)
+    copy.requires_grad_(False)
+    return copy.eval()
+
+
+@torch.no_grad()
+def _load_weights(model: nn.Module, named_tensors: Iterable[tuple[str, Tensor]]) -> None:
+    """Copy each (name, full tensor) into the parameter of that name; every parameter must receive one."""
+    params = dict(model.named_parameters())
+    missing = set(params)
+    for name, tensor in named_tensors:
+        if name not in params:
+            raise KeyError(f"HFEngine copy: the pushed weights name {name!r}, which the copy of the policy lacks")
+        params[name].copy_(tensor)
+        missing.discard(name)
+    if missing:
+        raise KeyError(f"HFEngine copy: no weights pushed for {sorted(missing)[:5]} (of {len(missing)})")

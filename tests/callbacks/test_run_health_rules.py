@@ -8,9 +8,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from real_lightning.callbacks import RunHealthMonitor
 from real_lightning.callbacks.run_health import EVENTS
+from real_lightning.step.output import STEP_KEY, StepOutput
 
 
 def rollout_values(reward: float = 0.5, truncation: float = 0.01, **verifier: float) -> dict[str, float]:
@@ -244,9 +246,14 @@ class FakeTrainer(SimpleNamespace):
 
     def train_step(self, step: int, values: dict[str, float]) -> None:
         self.global_step, self.should_stop = step, False
-        self.callback_metrics = {k: v for k, v in values.items() if k == "train/grad_norm"}
+        grad_norm = values.get("train/grad_norm")
         metrics = {k: v for k, v in values.items() if k != "train/grad_norm"}
-        self.monitor.on_train_batch_end(self, None, {"metrics": metrics, "skipped": False}, None, 0)
+        output = StepOutput(
+            skipped=False,
+            metrics=metrics,
+            grad_norm=None if grad_norm is None else torch.tensor(grad_norm, dtype=torch.float64),
+        )
+        self.monitor.on_train_batch_end(self, None, {"loss": torch.zeros(()), STEP_KEY: output}, None, 0)
 
     def validate(self, pass_at_1: float) -> None:
         self.callback_metrics = {"val/average/pass@1": pass_at_1}

@@ -34,6 +34,7 @@ def datamodule(max_new_tokens: int, reward: str = "math", truncated_is_wrong: bo
         schedule=RolloutSchedule(prompts_per_rollout=4, rollouts_per_prompt=4),
         verifier=VerifierConfig(reward=reward, workers=1, truncated_is_wrong=truncated_is_wrong),
         validation=ValidationConfig(samples=4, prompts_per_batch=4),
+        tokenizer_from=BUILTIN,  # the character tokenizer every test policy shares
     )
 
 
@@ -96,6 +97,7 @@ def test_silent_on_the_shipped_policy_learning_the_quickstart_task(tmp_path) -> 
         schedule=RolloutSchedule(prompts_per_rollout=8, rollouts_per_prompt=8),
         verifier=VerifierConfig(workers=1),
         validation=ValidationConfig(samples=4, prompts_per_batch=8),
+        tokenizer_from=BUILTIN,
     )
     trainer(tmp_path, 12, [monitor]).fit(RealPolicyModule(pretrained=BUILTIN, lr=3e-4), data)
     assert monitor.findings == {} and monitor.last_step == 12

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from real_lightning.step.output import step_output
+
 
 def _hex(values: torch.Tensor) -> list[str]:
     return [float(v).hex() for v in values.double().flatten().tolist()]
@@ -51,7 +53,8 @@ class StepRecorder(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        out, rollouts = outputs.get("loss_output"), outputs.get("rollouts")
+        step = step_output(outputs)
+        out, rollouts = step.loss_output, step.rollouts
         record = {
             "step": trainer.global_step,
             "request": list(batch[:3]),

@@ -8,7 +8,8 @@ object collective's inner broadcasts are part of it). Lines are flushed as writt
 complete up to the collective it waits in. DDP's gradient all-reduces run inside its C++ reducer and are not
 seen here; they follow the backward passes, which the module keeps equal on every rank.
 
-:func:`first_divergence` compares two ranks' traces.
+:func:`first_divergence` compares two ranks' traces; :func:`from_sampling` finds collectives issued from inside
+the sampling path.
 """
 
 from __future__ import annotations
@@ -81,20 +82,23 @@ def _describe(value: Any) -> list[str]:
     return []
 
 
-def _call_sites() -> tuple[str, str]:
-    """(innermost frame in our code, innermost frame outside torch and this file) of the current call."""
+def _call_sites() -> tuple[str, str, list[str]]:
+    """(innermost frame in our code, innermost frame outside torch and this file, every frame in our code
+    innermost first) of the current call."""
     ours = outside = ""
+    stack: list[str] = []
     frame = sys._getframe(2)
-    while frame is not None and not (ours and outside):
+    while frame is not None:
         name = frame.f_code.co_filename
         where = f"{os.path.relpath(name, REPO) if name.startswith(str(REPO)) else name}:{frame.f_lineno} "
         where += frame.f_code.co_name
-        if name != _SELF and not ours and name.startswith(_OURS):
-            ours = where
+        if name != _SELF and name.startswith(_OURS):
+            ours = ours or where
+            stack.append(where)
         if name != _SELF and not outside and f"{os.sep}torch{os.sep}" not in name:
             outside = where
         frame = frame.f_back
-    return ours, outside
+    return ours, outside, stack
 
 
 def _wrap(op: str, fn: Any, sink: Any) -> Any:
@@ -102,10 +106,11 @@ def _wrap(op: str, fn: Any, sink: Any) -> Any:
     def traced(*args: Any, **kwargs: Any) -> Any:
         if getattr(_state, "depth", 0):
             return fn(*args, **kwargs)
-        ours, outside = _call_sites()
+        ours, outside, stack = _call_sites()
         _state.count = getattr(_state, "count", 0) + 1
         shapes = _describe(list(args) + [v for k, v in kwargs.items() if k not in ("group", "async_op")])
-        sink.write(json.dumps({"i": _state.count, "op": op, "tensors": shapes, "at": ours, "via": outside}) + "\n")
+        record = {"i": _state.count, "op": op, "tensors": shapes, "at": ours, "via": outside, "stack": stack}
+        sink.write(json.dumps(record) + "\n")
         sink.flush()
         _state.depth = 1
         try:
@@ -175,3 +180,26 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# where sampling runs: a collective issued with one of these frames on the stack came from inside it
+SAMPLING_FRAMES = ("real_lightning/rollout/", "real_lightning/rewards/")
+CHECKPOINT_FRAMES = ("real_lightning/rollout/collector.py", "state_dict")  # the data position a checkpoint saves
+
+
+def from_sampling(trace: list[dict], engine_may_gather: bool) -> list[dict]:
+    """The collectives of ``trace`` issued from inside sampling or grading — none should be: decisions that need
+    every rank are taken at the step boundary. Excepted: the collector's ``state_dict`` (a checkpoint, between
+    steps), and with ``engine_may_gather`` the engine's own forward passes (the HF engine sampling with the shared,
+    sharded training module gathers its shards: inherent to that mode)."""
+    found = []
+    for record in trace:
+        frames = [f for f in record.get("stack", []) if f.startswith(SAMPLING_FRAMES)]
+        if not frames or any(CHECKPOINT_FRAMES[0] in f and f.endswith(CHECKPOINT_FRAMES[1]) for f in frames):
+            continue
+        if engine_may_gather and frames[0].startswith(
+            ("real_lightning/rollout/hf.py", "real_lightning/rollout/decode.py")
+        ):
+            continue
+        found.append(record)
+    return found

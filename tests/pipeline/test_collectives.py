@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.pipeline.collective_trace import first_divergence
-from tests.pipeline.shipped_configs import EVAL, PERIOD, QUICKSTART, RUNS, composed
+from tests.pipeline.collective_trace import first_divergence, from_sampling
+from tests.pipeline.shipped_configs import EVAL, PERIOD, QUICKSTART, RUNS, composed, uses_fsdp
 from tests.pipeline.traced_runs import traced_run
 
 pytestmark = pytest.mark.distributed
@@ -17,6 +17,8 @@ def test_every_rank_issues_the_same_collectives(tmp_path, chain) -> None:
     outputs, traces = traced_run(chain, tmp_path)
     assert first_divergence(traces) is None, first_divergence(traces)
     assert len(traces[0]) > 10  # the tracer saw the run's collectives
+    inside = from_sampling(traces[0], engine_may_gather=uses_fsdp(chain))
+    assert not inside, [(r["op"], r["stack"][:4]) for r in inside[:3]]  # sampling and grading issue none
     # every periodic callback of the chain acted at both periods, and validation ran at both
     callbacks = [c["class_path"].rsplit(".", 1)[-1] for c in composed(chain)["trainer"].get("callbacks", [])]
     run = next(tmp_path.glob("run/version_*"))
@@ -53,3 +55,23 @@ def test_the_paper_evaluation_issues_the_same_collectives(tmp_path) -> None:
     report = next(tmp_path.glob("run/version_*/evaluation/latest.md")).read_text()
     assert all(name in report for name in ("aime24", "aime25", "math500", "amc23", "minerva", "olympiad_bench"))
     assert "val/average/pass@16" in outputs[0]
+
+
+def test_a_collective_inside_the_collector_is_flagged() -> None:
+    """What dynamic sampling's all-reduce looked like when it ran inside the collector's sampling loop."""
+    inside = {
+        "op": "all_reduce",
+        "stack": [
+            "real_lightning/utils/distributed.py:33 all_reduce",
+            "real_lightning/rollout/collector.py:177 _collect",
+            "real_lightning/module.py:243 training_step",
+        ],
+    }
+    at_boundary = {
+        "op": "all_reduce",
+        "stack": [inside["stack"][0], "real_lightning/module.py:250 _sample_rollout_batch"],
+    }
+    checkpoint = {"op": "all_gather_object", "stack": ["real_lightning/rollout/collector.py:290 state_dict"]}
+    engine = {"op": "all_gather_into_tensor", "stack": ["real_lightning/rollout/decode.py:57 _any_rank"]}
+    assert from_sampling([inside, at_boundary, checkpoint, engine], engine_may_gather=False) == [inside, engine]
+    assert from_sampling([inside, at_boundary, checkpoint, engine], engine_may_gather=True) == [inside]

@@ -112,3 +112,55 @@ def test_ignore_eos_samples_max_new_tokens() -> None:
             assert (lengths == 14).all() and gen.truncated.all()
         else:  # the shipped policy answers in 11 tokens and stops
             assert (lengths < 14).all() and not gen.truncated.any()
+
+
+def _named(model: torch.nn.Module):
+    return ((name, param.detach()) for name, param in model.named_parameters())
+
+
+def test_a_copy_samples_exactly_what_the_shared_module_samples(tiny_policy, char_tokenizer) -> None:
+    """``weights: copy`` builds its own policy and loads the pushed weights: the same samples as sampling with the
+    training module itself, and the global RNG untouched by building it."""
+    prompts = _prompts(char_tokenizer, ["12+34=", "7+5=", "100+1="])
+    shared, copied = HFEngine(max_new_tokens=8), HFEngine(max_new_tokens=8, weights="copy")
+    shared.setup(tiny_policy, char_tokenizer)
+    state = torch.get_rng_state()
+    copied.setup(tiny_policy, char_tokenizer)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert copied._model is not tiny_policy and copied.policy_version == -1
+    copied.update_weights(_named(tiny_policy), 0)
+    assert copied.policy_version == 0
+    a, b = shared.generate(prompts, 4, seed=3), copied.generate(prompts, 4, seed=3)
+    assert torch.equal(a.input_ids, b.input_ids) and a.texts == b.texts
+
+
+def test_a_copy_keeps_its_weights_until_the_next_push(tiny_policy, char_tokenizer) -> None:
+    """What lets a copy sample while the trainer updates: changing the training weights changes nothing in the
+    copy's samples until they are pushed."""
+    prompts = _prompts(char_tokenizer, ["12+34=", "7+5="])
+    engine = HFEngine(max_new_tokens=8, weights="copy")
+    engine.setup(tiny_policy, char_tokenizer)
+    engine.update_weights(_named(tiny_policy), 0)
+    before = engine.generate(prompts, 4, seed=1)
+    saved = {n: p.detach().clone() for n, p in tiny_policy.named_parameters()}
+    with torch.no_grad():
+        for param in tiny_policy.parameters():
+            param.add_(torch.randn_like(param))  # the trainer moved on
+    assert torch.equal(engine.generate(prompts, 4, seed=1).input_ids, before.input_ids)
+    engine.update_weights(_named(tiny_policy), 1)
+    assert not torch.equal(engine.generate(prompts, 4, seed=1).input_ids, before.input_ids)
+    with torch.no_grad():
+        for name, param in tiny_policy.named_parameters():
+            param.copy_(saved[name])
+
+
+def test_a_copy_refuses_weights_that_do_not_fit(tiny_policy, char_tokenizer) -> None:
+    engine = HFEngine(max_new_tokens=4, weights="copy")
+    engine.setup(tiny_policy, char_tokenizer)
+    weights = list(_named(tiny_policy))
+    with pytest.raises(KeyError, match="no weights pushed for"):
+        engine.update_weights(weights[1:], 0)
+    with pytest.raises(KeyError, match="'nope'"):
+        engine.update_weights([("nope", weights[0][1])], 0)
+    with pytest.raises(ValueError, match="weights must be 'shared' or 'copy'"):
+        HFEngine(weights="mine")
