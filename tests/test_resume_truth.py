@@ -192,6 +192,17 @@ def test_option_changes_groups_and_allowances() -> None:
     assert report.endswith("applied:\n  model.lr: 0.01 → 0.001")
 
 
+def test_an_option_added_since_the_checkpoint_at_its_off_default_is_no_change() -> None:
+    """A checkpoint written before an option existed resumes: the option at an empty default is not a change;
+    set to something, it is one (refused under a refused group)."""
+    old = flatten_options({"data": {"train": {"source": "a.jsonl"}}})
+    for off in ([], None, False, "", {}):
+        new = flatten_options({"data": {"train": {"source": "a.jsonl", "reward_fields": off}}})
+        assert option_changes(old, new) == [], off
+    new = flatten_options({"data": {"train": {"source": "a.jsonl", "reward_fields": ["tolerance"]}}})
+    assert [(c.name, c.refused is not None) for c in option_changes(old, new)] == [("data.train.reward_fields", True)]
+
+
 def test_a_checkpoint_without_run_options_is_compared_by_hyper_parameters(run, caplog) -> None:
     """Checkpoints written before :class:`~real_lightning.checkpoints.resume.RunOptions`: the module's and datamodule's
     hyper-parameters are compared."""

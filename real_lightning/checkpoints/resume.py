@@ -307,18 +307,25 @@ def _rule(name: str, rules: Iterable[str]) -> str | None:
 
 def option_changes(old: Mapping[str, Any], new: Mapping[str, Any], allowed: Iterable[str] = ()) -> list[OptionChange]:
     """The options that differ (in ``old`` only, ``new`` only or with another value), sorted by name; those in
-    :data:`REFUSED` carry the reason, unless ``allowed`` names them (or a group of them, or ``all``)."""
+    :data:`REFUSED` carry the reason, unless ``allowed`` names them (or a group of them, or ``all``).
+
+    An option the checkpoint does not have whose value is empty (None, false, an empty list, dict or string) is
+    not a change: it is an option added to real-lightning since the checkpoint was written, at its off default."""
     allowed = list(allowed)
     changes = []
     for name in sorted(set(old) | set(new)):
         before, after = old.get(name, _UNSET), new.get(name, _UNSET)
-        if before == after:
+        if before == after or (before == _UNSET and _off(after)):
             continue
         rule = _rule(name, REFUSED)
         refused = REFUSED[rule] if rule and "all" not in allowed and _rule(name, allowed) is None else None
         changes.append(OptionChange(name, before, after, refused))
     named = {c.name for c in changes}
     return [c for c in changes if not _emptied(c, named)]
+
+
+def _off(value: Any) -> bool:
+    return value is None or value is False or (isinstance(value, (list, tuple, dict, str)) and len(value) == 0)
 
 
 def _emptied(change: OptionChange, named: set[str]) -> bool:
