@@ -22,8 +22,8 @@ workers run with ``MALLOC_MMAP_THRESHOLD_=131072`` so that freed tensors leave t
 keep many in its heap and the peak would measure the allocator). Seconds per step: median of steps
 2..``--steps``.
 
-    python benchmarks/fsdp_memory.py           # ~70 M parameters, 4 groups × 8 × (32 + 96) tokens (~6 min on 2 cores)
-    python benchmarks/fsdp_memory.py --quick   # smoke run, < 1 min
+    python -m benchmarks.fsdp_memory           # ~70 M parameters, 4 groups × 8 × (32 + 96) tokens (~6 min on 2 cores)
+    python -m benchmarks.fsdp_memory --quick   # smoke run, < 1 min
 """
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from benchmarks.update_memory import (
     GROUP_SIZE,
     MIB,
@@ -53,6 +51,7 @@ from benchmarks.update_memory import (
     build_model,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [("1 process, unsharded", 1, False), ("1 process, FSDP2", 1, True), ("2 processes, FSDP2", 2, True)]
 
 
@@ -150,8 +149,10 @@ def run_config(args: argparse.Namespace, model_dir: str, world: int, sharded: bo
         # big allocations mmapped and unmapped on free (glibc's adaptive threshold would keep freed tensors in
         # the heap): RSS then follows the live tensors, not what the allocator kept
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-        cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        cmd = [sys.executable, "-m", "benchmarks.fsdp_memory", "--worker", json.dumps(spec)]
+        procs.append(
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+        )
     results = []
     for rank, proc in enumerate(procs):
         out, err = proc.communicate(timeout=1800)

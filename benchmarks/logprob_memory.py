@@ -17,8 +17,8 @@ A measurement whose estimated need exceeds 90 % of MemAvailable is not run (it w
 OOM-killed) and is reported as such; every measurement is also run at ``--small-tokens`` so that
 the two implementations are compared at one size.
 
-    python benchmarks/logprob_memory.py                       # full size + T = 512 (~10 min on 2 cores)
-    python benchmarks/logprob_memory.py --tokens 256 --small-tokens 64 --repeats 1   # quick look
+    python -m benchmarks.logprob_memory                       # full size + T = 512 (~10 min on 2 cores)
+    python -m benchmarks.logprob_memory --tokens 256 --small-tokens 64 --repeats 1   # quick look
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from real_lightning.logprobs import token_logprobs
+
+REPO = Path(__file__).resolve().parents[1]
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 GIB = 2**30
@@ -116,11 +116,11 @@ def run_child(impl: str, mode: str, tokens: int, args: argparse.Namespace) -> di
     available = _mem_available_bytes()
     if need > 0.9 * available:
         return {"skipped": f"needs ≈ {need / GIB:.0f} GiB, {available / GIB:.0f} GiB available"}
-    cmd = [sys.executable, __file__, "--child", impl, mode]
+    cmd = [sys.executable, "-m", "benchmarks.logprob_memory", "--child", impl, mode]
     cmd += ["--batch", str(args.batch), "--tokens", str(tokens), "--vocab", str(args.vocab)]
     cmd += ["--repeats", str(args.repeats), "--temperature", str(args.temperature)]
     cmd += ["--chunk-size", str(args.chunk_size)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if out.returncode != 0:
         return {"skipped": f"child failed (rc {out.returncode}): {out.stderr.strip()[-200:]}"}
     return json.loads(out.stdout.strip().splitlines()[-1])

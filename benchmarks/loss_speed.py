@@ -4,9 +4,9 @@ Workload (issue #2): 1024 rollouts (128 prompts × 8) × 8192 tokens, float32, C
 measurement runs in a fresh subprocess so that peak RSS belongs to that one computation:
 peak memory = max RSS during the loss's forward+backward minus RSS with the inputs allocated.
 
-    python benchmarks/loss_speed.py                 # full table (a few minutes on 2 cores)
-    python benchmarks/loss_speed.py --prompts 16 --tokens 512 --repeats 3   # quick look
-    python benchmarks/loss_speed.py --check         # the two implementations agree (values and grads)
+    python -m benchmarks.loss_speed                 # full table (a few minutes on 2 cores)
+    python -m benchmarks.loss_speed --prompts 16 --tokens 512 --repeats 3   # quick look
+    python -m benchmarks.loss_speed --check         # the two implementations agree (values and grads)
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from naive_losses import LOOP_LOSSES
-
+from benchmarks.naive_losses import LOOP_LOSSES
 from real_lightning.losses import LOSSES
+
+REPO = Path(__file__).resolve().parents[1]
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -97,7 +95,8 @@ def floor_once(prompts: int, n: int, tokens: int, repeats: int) -> dict[str, flo
 
 
 def run_subprocess(args: list[str]) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True)
+    command = [sys.executable, "-m", "benchmarks.loss_speed", "--child", *args]
+    out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

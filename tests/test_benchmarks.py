@@ -1,4 +1,4 @@
-"""benchmarks/step_time.py runs both workloads end to end at tiny sizes (our side; TRL needs its own venv)."""
+"""``python -m benchmarks.step_time`` runs both workloads end to end at tiny sizes (ours; TRL needs its own venv)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_step_time_workloads_smoke(tmp_path, workload) -> None:
     out = tmp_path / "result.json"
     command = [
-        sys.executable, str(REPO / "benchmarks" / "step_time.py"), "--workload", workload, "--smoke",
+        sys.executable, "-m", "benchmarks.step_time", "--workload", workload, "--smoke",
         "--steps", "3", "--skip", "1", "--runs", "1", "--sides", "ours", "--floor",
         "--trl-venv", str(tmp_path / "no-trl"), "--vllm-venv", str(tmp_path / "no-vllm"),
         "--json", str(out), "--log", str(tmp_path / "workers.log"),

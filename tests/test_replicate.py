@@ -1,4 +1,4 @@
-"""benchmarks/replicate.py: the paper's loss settings, the lr choice, a killed sweep that continues exactly,
+"""experiments/replicate.py: the paper's loss settings, the lr choice, a killed sweep that continues exactly,
 and the summary the report and the notebook read."""
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+from experiments import replicate
 
-import replicate  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # a tiny version of the regime: 4 prompts × 4 rollouts, 2 mini-batches per rollout batch, 8 held-out prompts
 SMALL = [
@@ -31,7 +30,7 @@ SMALL = [
 
 
 def sweep(out: Path, *args: str, extra: list[str] = (), check: bool = True) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(REPO / "benchmarks" / "replicate.py"), "--out", str(out), "--policy", "builtin:tiny"]
+    command = [sys.executable, "-m", "experiments.replicate", "--out", str(out), "--policy", "builtin:tiny"]
     command += ["--digits", "2", *args, "--", *SMALL, *extra]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
     if check:
@@ -91,7 +90,7 @@ def test_a_killed_sweep_continues_exactly_and_summarizes(tmp_path) -> None:
         assert [s for s, _ in resumed["val/held_out/pass@1"]] == [0, 29, 59]  # before fit, every 30 steps
     summary = tmp_path / "summary.json"
     subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "replicate.py"), "--out", str(tmp_path / "a"), "--seeds", "0",
+        [sys.executable, "-m", "experiments.replicate", "--out", str(tmp_path / "a"), "--seeds", "0",
          "--summary", str(summary)], check=True, cwd=REPO,
     )  # fmt: skip
     data = json.loads(summary.read_text())

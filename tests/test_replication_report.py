@@ -1,18 +1,14 @@
-"""benchmarks/replication_report.py: the report's tables from a summary, checked against numbers worked out by hand,
+"""experiments/replication_report.py: the report's tables from a summary, checked against numbers worked out by hand,
 and its figures written."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import replication_report as report  # noqa: E402
+from experiments import replication_report as report
 
 
 def record(pass1: list[float], pass8: list[float], entropy: float, zero: float, health: list[str] = ()) -> dict:

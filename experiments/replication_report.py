@@ -1,8 +1,8 @@
 """Tables and figures of the replication from its summary (``replicate.py --summary``): what docs/replication.md shows.
 
-    python benchmarks/replication_report.py benchmarks/results/replication.json --images docs/images
-    python benchmarks/replication_report.py benchmarks/results/replication.json \
-        benchmarks/results/replication_real_lr3e-05.json       # with the REAL lr ablation: "real lr 3e-05"
+    python -m experiments.replication_report experiments/results/replication.json --images docs/images
+    python -m experiments.replication_report experiments/results/replication.json \
+        experiments/results/replication_real_lr3e-05.json       # with the REAL lr ablation: "real lr 3e-05"
 
 Prints three markdown tables and writes three PNGs:
 
@@ -28,7 +28,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from replicate import LOSSES, parse_folder
+
+from experiments.replicate import LOSSES, parse_folder
 
 COLORS = {"real": "tab:blue", "real_bce": "tab:cyan", "grpo": "tab:orange", "dapo": "tab:red", "gspo": "tab:green"}
 PASS1, PASS8 = "val/held_out/pass@1", "val/held_out/pass@8"

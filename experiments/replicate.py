@@ -1,9 +1,9 @@
 """Does REAL beat GRPO, DAPO and GSPO here? The paper's comparison under its regime, on a task the tiny policy
 half-solves: REAL, REAL-BCE, GRPO, DAPO and GSPO, several seeds each, the same number of optimizer steps.
 
-    python benchmarks/replicate.py --out runs/replication                  # every stage (resumable)
-    python benchmarks/replicate.py --out runs/replication --stages policy lr
-    python benchmarks/replicate.py --out runs/replication --summary benchmarks/results/replication.json
+    python -m experiments.replicate --out runs/replication                 # every stage (resumable)
+    python -m experiments.replicate --out runs/replication --stages policy lr
+    python -m experiments.replicate --out runs/replication --summary experiments/results/replication.json
 
 Stages:
 

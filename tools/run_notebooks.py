@@ -1,6 +1,6 @@
 """Execute every notebook in notebooks/ top to bottom (used by ``tox -e notebooks``); fails on any error.
 
-python benchmarks/run_notebooks.py [--timeout 600]
+python -m tools.run_notebooks [--timeout 600]
 """
 
 from __future__ import annotations

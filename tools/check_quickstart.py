@@ -1,6 +1,6 @@
 """Read a quickstart run's TensorBoard events and check that held-out Pass@1 rose enough and the run was healthy.
 
-    python benchmarks/check_quickstart.py runs/quickstart --min-rise 0.35
+    python -m tools.check_quickstart runs/quickstart --min-rise 0.35
 
 Prints the Pass@1 curve (step, value) and the run-health report (``health.json`` of RunHealthMonitor), and
 exits non-zero when last − first < --min-rise or when the monitor reported a finding (unless
