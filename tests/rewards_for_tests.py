@@ -14,3 +14,14 @@ def first_char_even(response: str, ground_truth: str) -> float:
 def always_one(response: str, ground_truth: str) -> float:
     """1 for every response: no group ever has a label contrast."""
     return 1.0
+
+
+def tolerance_reward(response: str, ground_truth: str, *, tolerance: float) -> float:
+    """The row's ``tolerance`` (a field of the row, through ``reward_fields``) when the response's first character
+    has an even code point, else ``1 - tolerance``: every reward depends on the row field."""
+    return tolerance if first_char_even(response, ground_truth) else 1.0 - tolerance
+
+
+def tolerance_reward_from_row(response: str, ground_truth: str, **row: float) -> float:
+    """:func:`tolerance_reward`, the field taken through ``**row``."""
+    return tolerance_reward(response, ground_truth, tolerance=row["tolerance"])

@@ -29,7 +29,8 @@ class VerifierConfig:
 
     Args:
         reward: a registered reward name (``math``) or ``package.module:function`` with
-            ``(response, ground_truth) -> float``.
+            ``(response, ground_truth) -> float``, or ``(response, ground_truth, **row) -> float`` to also get
+            the row fields a source's ``reward_fields`` names (``data.train.reward_fields``) as keyword arguments.
         answer_after_think: grade only the text after ``</think>`` (reasoning models).
         grader: how the math reward finds the final answer. ``lenient``: the last ``\\boxed{}``, else "the
             answer is …", else the last number of the last line. ``strict_boxed``: the official REAL grader,

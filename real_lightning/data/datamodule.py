@@ -21,6 +21,7 @@ from real_lightning.data.prompts import (
 )
 from real_lightning.data.sources import DatasetSpec, load_dataset_spec
 from real_lightning.policy.loading import load_tokenizer
+from real_lightning.rewards.registry import check_reward_fields
 from real_lightning.rollout.collector import RolloutCollector
 from real_lightning.rollout.engine import RolloutEngine, check_training_temperature
 from real_lightning.rollout.hf import HFEngine
@@ -49,7 +50,9 @@ class RolloutDataModule(LightningDataModule):
         prompts: prompt length limit and suffix. Training prompts that leave the model's positions
             (``max_position_embeddings`` of the tokenizer's model) no room for ``max_new_tokens`` are dropped too
             (validation prompts are only counted: a benchmark keeps all its problems).
-        verifier: the reward function and its budget.
+        verifier: the reward function and its budget. A reward function that takes row fields gets those the
+            source's ``reward_fields`` names (``data.train.reward_fields``, ``data.val.<name>.reward_fields``); one
+            that takes none (the math reward) refuses them at startup.
         validation: samples per validation prompt and chunk size.
         seed: prompt order, sampling seeds and validation sampling.
         tokenizer_from: the model (directory, hub name or ``builtin:tiny``) whose tokenizer encodes the prompts;
@@ -90,6 +93,13 @@ class RolloutDataModule(LightningDataModule):
             grader=verifier.grader,
             batch_timeout_s=verifier.batch_timeout_s,
         )
+        for option, spec in [("data.train", train), *((f"data.val.{name}", s) for name, s in self.val_specs.items())]:
+            if spec.reward_fields and spec.source.startswith("builtin:"):
+                raise ValueError(
+                    f"{option}.reward_fields: the built-in task {spec.source} has no row fields for the reward "
+                    f"function, got {spec.reward_fields}"
+                )
+            check_reward_fields(self.scorer.reward_fn, spec.reward_fields, f"{option}.reward_fields")
         self.seed = seed
         # logged next to the module's hyper-parameters (and saved in checkpoints): how rollouts are scored,
         # sampled and batched, e.g. which grader a run used

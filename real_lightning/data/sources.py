@@ -12,6 +12,9 @@ Rows with an empty or unusable ground truth (a list without a usable answer too)
 counted (``on_bad_row="skip"``) or raise an error naming the row (``"error"``). Rows repeating an earlier
 row's prompt and ground truth are kept and counted in a warning; a file that is not UTF-8 raises an error
 naming the file, line and byte offset.
+
+Columns named by ``reward_fields`` go with each prompt to the reward function (as keyword arguments): every
+row must have them, with JSON-like values (an error names the row and the field otherwise).
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ class DatasetSpec:
         limit: keep only the first ``limit`` usable rows.
         options: keyword arguments of a built-in task (e.g. ``{digits: 2}``).
         on_bad_row: ``skip`` (count and warn) or ``error`` for rows with an empty or unusable ground truth.
+        reward_fields: columns of each row passed to the reward function (``data.verifier.reward``) as keyword
+            arguments, e.g. ``[tolerance]`` or ``[test_cases]``; the function must take them (a parameter of each
+            name, or ``**row``). Every row must have them, with JSON-like values (text, numbers, booleans, null,
+            lists and objects of them). Built-in tasks have none.
     """
 
     source: str
@@ -58,6 +65,15 @@ class DatasetSpec:
     limit: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     on_bad_row: Literal["skip", "error"] = "skip"
+    reward_fields: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.reward_fields = list(self.reward_fields)
+        for name in self.reward_fields:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"reward_fields holds column names, got {name!r}")
+        if repeated := sorted({n for n in self.reward_fields if self.reward_fields.count(n) > 1}):
+            raise ValueError(f"reward_fields names {repeated} more than once")
 
 
 @dataclass
@@ -183,6 +199,43 @@ def _prompt(value: Any) -> str | tuple[dict[str, str], ...] | None:
     return None
 
 
+def _json_like(value: Any) -> bool:
+    """Whether ``value`` is text, a number, a boolean, ``None``, or a list or string-keyed dict of such values."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_json_like(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_like(v) for k, v in value.items())
+    return False
+
+
+def _row_fields(row: dict[str, Any], fields: list[str], name: str, index: int) -> dict[str, Any]:
+    """The row's ``fields`` (the source's ``reward_fields``); a missing one or a value that is not JSON-like
+    raises ``ValueError`` naming the source, the row and the field."""
+    values = {}
+    for field_name in fields:
+        if field_name not in row:
+            raise ValueError(
+                f"{name}: row {index} has no field {field_name!r}, which reward_fields names (its columns: "
+                f"{', '.join(sorted(map(str, row)))}); every row needs the fields the reward function takes"
+            )
+        value = row[field_name]
+        if not _json_like(value):
+            raise ValueError(
+                f"{name}: row {index} field {field_name!r} holds a {type(value).__name__} ({_short(value)}); a "
+                "field for the reward function must be JSON-like (text, numbers, booleans, null, lists and objects "
+                "of them), as it is sent to the verifier's worker processes"
+            )
+        values[field_name] = value
+    return values
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def records_from_rows(rows: Iterable[dict[str, Any]], spec: DatasetSpec, name: str) -> LoadedDataset:
     """Validate rows and turn them into records (see :class:`DatasetSpec` for schemas and bad rows)."""
     rows = list(rows)
@@ -203,7 +256,10 @@ def records_from_rows(rows: Iterable[dict[str, Any]], spec: DatasetSpec, name: s
                 loaded.skipped_rows.append(index)
             continue
         source = row.get("data_source") if isinstance(row.get("data_source"), str) else name
-        loaded.records.append(PromptRecord(prompt=prompt, ground_truth=truth, data_source=source, index=index))
+        fields = _row_fields(row, spec.reward_fields, name, index)
+        loaded.records.append(
+            PromptRecord(prompt=prompt, ground_truth=truth, data_source=source, index=index, row_fields=fields)
+        )
         if spec.limit is not None and len(loaded.records) >= spec.limit:
             break
     if loaded.skipped:
@@ -224,11 +280,12 @@ def _count_duplicates(loaded: LoadedDataset) -> None:
 
     Duplicates are kept (a repeated row is sampled more often); the warning makes them visible.
     """
-    first_seen: dict[tuple[object, GroundTruth], int] = {}
+    first_seen: dict[tuple[object, GroundTruth, str], int] = {}
     example: tuple[int, int] | None = None
     for record in loaded.records:
         prompt = record.prompt if isinstance(record.prompt, str) else tuple(tuple(m.items()) for m in record.prompt)
-        earlier = first_seen.setdefault((prompt, record.ground_truth), record.index)
+        fields = json.dumps(record.row_fields, sort_keys=True) if record.row_fields else ""
+        earlier = first_seen.setdefault((prompt, record.ground_truth, fields), record.index)
         if earlier != record.index:
             loaded.duplicates += 1
             example = example or (record.index, earlier)
@@ -246,6 +303,11 @@ def load_dataset_spec(spec: DatasetSpec, name: str | None = None) -> LoadedDatas
     name = name or spec.source
     if spec.source.startswith("builtin:"):
         task = BUILTIN_TASKS[spec.source.removeprefix("builtin:")](**spec.options)
+        if spec.reward_fields:
+            raise ValueError(
+                f"{name}: built-in tasks have no row fields for the reward function, got reward_fields "
+                f"{spec.reward_fields}"
+            )
         if spec.split not in ("train", "test"):
             raise ValueError(f"{name}: built-in tasks have splits 'train' and 'test', got {spec.split!r}")
         records = task.records(spec.split)

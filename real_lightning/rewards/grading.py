@@ -21,7 +21,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from numbers import Real
@@ -40,7 +40,7 @@ from real_lightning.rewards.math import (
     result_from_outcome,
     verify,
 )
-from real_lightning.rewards.registry import RewardFn, resolve_reward_fn
+from real_lightning.rewards.registry import RewardFn, check_reward_fields, resolve_reward_fn, reward_fn_name
 from real_lightning.rewards.timeouts import (
     Outcome,
     WorkerPool,
@@ -218,9 +218,19 @@ def _quote(text: str) -> str:
     return repr(text if len(text) <= _QUOTE_CHARS else text[:_QUOTE_CHARS] + "…")
 
 
-def _fn_name(fn: Callable[..., Any]) -> str:
-    module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
-    return f"{module}:{name}" if module and name else repr(fn)
+class _WithRowFields:
+    """``fn(response, ground_truth, **fields)`` as a call of three positional arguments (those a worker gets).
+
+    It pickles by reference to ``fn`` (a worker loads it when it can load ``fn``), and carries ``fn``'s module so
+    that :func:`~real_lightning.rewards.timeouts.loadable_in_worker` judges ``fn``.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.__module__ = getattr(fn, "__module__", None)
+
+    def __call__(self, response: str, ground_truth: str, fields: Mapping[str, Any]) -> Any:
+        return self.fn(response, ground_truth, **fields)
 
 
 def _reward_value(value: Any) -> float | None:
@@ -248,7 +258,7 @@ def _user_result(outcome: Outcome, fn: Callable[..., Any], response: str, ground
     reward = _reward_value(outcome.value)
     if reward is None:
         raise ValueError(
-            f"reward function {_fn_name(fn)} returned {outcome.value!r} for the response {_quote(response)} "
+            f"reward function {reward_fn_name(fn)} returned {outcome.value!r} for the response {_quote(response)} "
             f"(ground truth {_quote(ground_truth)}); a reward must be a number in [0, 1] (or a VerifyResult with "
             "one): map the function's scale to [0, 1], or raise for a response it cannot grade (that scores 0 as "
             "'error')"
@@ -268,6 +278,7 @@ def score_batch(
     answer_after_think: bool = False,
     grader: Grader = "lenient",
     batch_timeout_s: float | None = None,
+    row_fields: Sequence[Mapping[str, Any]] | None = None,
 ) -> BatchScores:
     """Score responses against ground truths in parallel, each within its own time budget and the batch within one.
 
@@ -276,7 +287,9 @@ def score_batch(
     A user reward function ``fn(response, ground_truth) -> float`` runs in the pool for every response (inline,
     serially, if it cannot be pickled by reference); its exceptions give reward 0 with status ``"error"`` and a
     positive reward counts as ``"correct"``. It may also return a :class:`VerifyResult`. A reward outside [0, 1],
-    NaN or not a number is an error (``ValueError``).
+    NaN or not a number is an error (``ValueError``). With ``row_fields``, it is called as
+    ``fn(response, ground_truth, **row_fields[i])`` (see :func:`~real_lightning.rewards.registry.reward_fn_fields`
+    for the functions that take them).
 
     The whole batch has a budget too (``batch_timeout_s``), and :func:`request_stop` ends a grading early; either
     way the responses not graded score 0 with status ``"timeout"`` and a warning says how many. A grading longer
@@ -298,17 +311,27 @@ def score_batch(
         grader: how the math reward finds the final answer: ``lenient`` (the last ``\\boxed{}``, else "the
             answer is …", else the last number of the last line) or ``strict_boxed`` (the official REAL rule: a
             ``\\boxed{}`` is required, none scores 0 as ``no_answer``). Other reward functions grade themselves.
+        row_fields: per response, the dataset row's fields the reward function takes as keyword arguments (plain,
+            picklable values: they travel to the worker processes). ``None``, or only empty mappings: none.
 
     Returns:
         The :class:`BatchScores`, in input order.
 
     Raises:
-        ValueError: if the two lists differ in length, ``timeout_s`` or ``batch_timeout_s`` is not positive,
-            ``grader`` is unknown or not ``lenient`` with another reward than the math reward, or a user reward
-            function returned a value that is not a number in [0, 1].
+        ValueError: if the lists differ in length, ``timeout_s`` or ``batch_timeout_s`` is not positive,
+            ``grader`` is unknown or not ``lenient`` with another reward than the math reward, the reward function
+            does not take the row fields given, or a user reward function returned a value that is not a number
+            in [0, 1].
     """
     if len(responses) != len(ground_truths):
         raise ValueError(f"{len(responses)} responses but {len(ground_truths)} ground truths")
+    if row_fields is not None and len(row_fields) != len(responses):
+        raise ValueError(f"{len(responses)} responses but {len(row_fields)} row fields")
+    if row_fields is not None and not any(row_fields):
+        row_fields = None  # no row takes part: grade exactly as without them
+    if row_fields is not None:
+        names = sorted({name for fields in row_fields for name in fields})
+        check_reward_fields(resolve_reward_fn(reward_fn), names, "row_fields")
     check_grader(grader, reward_fn)
     check_batch_timeout(batch_timeout_s)
     owners = [i for i, truth in enumerate(ground_truths) for _ in accepted_answers(truth)]
@@ -316,6 +339,7 @@ def score_batch(
     pairs = _score_pairs(
         [responses[i] for i in owners],
         [answer for truth in ground_truths for answer in accepted_answers(truth)],
+        row_fields=None if row_fields is None else [row_fields[i] for i in owners],
         reward_fn=reward_fn,
         num_workers=num_workers,
         timeout_s=timeout_s,
@@ -360,6 +384,7 @@ def _score_pairs(
     responses: Sequence[str],
     ground_truths: Sequence[str],
     *,
+    row_fields: Sequence[Mapping[str, Any]] | None = None,
     reward_fn: RewardFn | str = math_reward,
     num_workers: int | None = None,
     timeout_s: float = 5.0,
@@ -391,7 +416,7 @@ def _score_pairs(
             results[i] = result_from_outcome(outcome)
     else:
         pending = []
-        calls: list[tuple[str, str]] = []
+        calls: list[tuple[Any, ...]] = []
         for i, (response, truth) in enumerate(zip(responses, ground_truths, strict=True)):
             text = response or ""
             if answer_after_think:
@@ -402,8 +427,9 @@ def _score_pairs(
                     continue
                 text = after
             pending.append(i)
-            calls.append((text, truth))
-        outcomes = _run_many(fn, calls, num_workers=workers, timeout_s=timeout_s, grading=grading)
+            calls.append((text, truth) if row_fields is None else (text, truth, row_fields[i]))
+        call = fn if row_fields is None else _WithRowFields(fn)
+        outcomes = _run_many(call, calls, num_workers=workers, timeout_s=timeout_s, grading=grading)
         errors = [o.error for o in outcomes if o.status == "error"]
         if errors:
             log.warning(

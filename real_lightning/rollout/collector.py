@@ -57,7 +57,8 @@ def sample_and_score(
     generation = engine.generate([p.ids for p in prompts], n, seed)
     generated = time.perf_counter()
     truths = [p.record.ground_truth for p in prompts for _ in range(n)]
-    scores = scorer.score(generation.texts, truths, generation.truncated)
+    fields = [p.record.row_fields for p in prompts for _ in range(n)]
+    scores = scorer.score(generation.texts, truths, generation.truncated, row_fields=fields)
     return Sampled(prompts, generation, scores, generated - start, time.perf_counter() - generated)
 
 

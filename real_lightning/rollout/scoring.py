@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,7 +26,8 @@ class Scorer:
     """Score responses against ground truths.
 
     Args:
-        reward: a registered reward name (``math``) or ``package.module:function``.
+        reward: a registered reward name (``math``) or ``package.module:function`` (it may take row fields: see
+            :func:`~real_lightning.rewards.registry.reward_fn_fields`).
         timeout_s: per-sample time budget; a timeout scores 0 and is counted.
         num_workers: processes for the verifier (default: all cores).
         answer_after_think: grade only the text after ``</think>``.
@@ -38,7 +40,7 @@ class Scorer:
 
     def __init__(
         self,
-        reward: str | Callable[[str, str], float] = "math",
+        reward: str | Callable[..., float] = "math",
         timeout_s: float = 5.0,
         num_workers: int | None = None,
         answer_after_think: bool = False,
@@ -56,10 +58,18 @@ class Scorer:
         self.answer_after_think = answer_after_think
         self.truncated_is_wrong = truncated_is_wrong
 
-    def score(self, responses: list[str], ground_truths: list[GroundTruth], truncated: Tensor) -> Scores:
+    def score(
+        self,
+        responses: list[str],
+        ground_truths: list[GroundTruth],
+        truncated: Tensor,
+        row_fields: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Scores:
+        """Rewards of ``responses``; ``row_fields``: per response, the row fields the reward function takes."""
         result = score_batch(
             responses,
             ground_truths,
+            row_fields=row_fields,
             reward_fn=self.reward_fn,
             num_workers=self.num_workers,
             timeout_s=self.timeout_s,
