@@ -16,7 +16,6 @@ import inspect
 import math
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +39,7 @@ from real_lightning.policy.sharding import (
     materialize,
     total_grad_norm,
 )
+from real_lightning.policy.weights import named_full_weights
 from real_lightning.rollout.batch import RolloutBatch, ValidationRollouts
 from real_lightning.rollout.collector import RolloutCollector
 from real_lightning.rollout.engine import RolloutEngine
@@ -182,12 +182,6 @@ class RealPolicyModule(LightningModule):
             raise RuntimeError("RealPolicyModule trains and validates from a RolloutDataModule (its collector)")
         return collector
 
-    def _named_weights(self) -> Iterator[tuple[str, Tensor]]:
-        """The policy's weights as full tensors, one at a time (sharded parameters are gathered)."""
-        for name, param in self.policy.named_parameters():
-            full = param.full_tensor() if hasattr(param, "full_tensor") else param
-            yield name, full.detach()
-
     def push_weights(self, collector: RolloutCollector, validation: bool = False) -> None:
         """Make the engine about to sample (training's or validation's) hold the current weights.
 
@@ -198,7 +192,7 @@ class RealPolicyModule(LightningModule):
             engine.setup(self.policy, self.tokenizer)
             self._engines_set_up[id(engine)] = engine
         if engine.policy_version != self.global_step:
-            engine.update_weights(self._named_weights(), self.global_step)
+            engine.update_weights(named_full_weights(self.policy), self.global_step)
 
     # --- log-probs -------------------------------------------------------------------------------------
 

@@ -90,6 +90,48 @@ class Generation:
         )
 
 
+@dataclass(frozen=True)
+class SamplingOptions:
+    """What every engine samples with, validated once (:func:`check_sampling`); an engine reports its own as
+    ``engine.sampling``.
+
+    Attributes:
+        max_new_tokens: response length limit (tokens).
+        temperature: sampling temperature (0: greedy); the loss's log-probs use the same.
+        top_p: nucleus threshold (1: off).
+        top_k: top-k (0: off).
+        stop: strings that end a response (kept in it).
+        ignore_eos: sample past EOS until ``max_new_tokens``.
+    """
+
+    max_new_tokens: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        check_sampling(self.max_new_tokens, self.temperature, self.top_p, self.top_k)
+
+    @property
+    def plain(self) -> bool:
+        """Plain softmax sampling at the temperature: the distribution the loss's log-probs assume."""
+        return self.top_p == 1.0 and self.top_k == 0 and not self.stop
+
+
+def engine_sampling(engine: object) -> SamplingOptions:
+    """The :class:`SamplingOptions` of an engine that keeps them as attributes (``max_new_tokens``, ...)."""
+    return SamplingOptions(
+        max_new_tokens=engine.max_new_tokens,  # type: ignore[attr-defined]
+        temperature=engine.temperature,  # type: ignore[attr-defined]
+        top_p=getattr(engine, "top_p", 1.0),
+        top_k=getattr(engine, "top_k", 0),
+        stop=tuple(getattr(engine, "stop", ()) or ()),
+        ignore_eos=getattr(engine, "ignore_eos", False),
+    )
+
+
 def check_sampling(max_new_tokens: int, temperature: float, top_p: float, top_k: int) -> None:
     """Raise ``ValueError`` naming the sampling option that is out of range (shared by every engine)."""
     if max_new_tokens < 1:

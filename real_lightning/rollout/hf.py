@@ -13,7 +13,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from real_lightning.rollout.batch import concat_rows
 from real_lightning.rollout.decode import decode
-from real_lightning.rollout.engine import Generation, check_sampling
+from real_lightning.rollout.engine import Generation, SamplingOptions, engine_sampling
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -90,7 +90,7 @@ class HFEngine:
         decoder: Literal["auto", "loop", "generate"] = "auto",
         weights: Literal["shared", "copy"] = "shared",
     ) -> None:
-        check_sampling(max_new_tokens, temperature, top_p, top_k)
+        SamplingOptions(max_new_tokens, temperature, top_p, top_k, tuple(stop or ()), ignore_eos)  # validated
         plain = top_p == 1.0 and top_k == 0 and not stop
         if decoder not in ("auto", "loop", "generate"):
             raise ValueError(f"decoder must be 'auto', 'loop' or 'generate', got {decoder!r}")
@@ -115,6 +115,11 @@ class HFEngine:
     @property
     def policy_version(self) -> int:
         return self._version
+
+    @property
+    def sampling(self) -> SamplingOptions:
+        """The sampling options (one record type for every engine)."""
+        return engine_sampling(self)
 
     @property
     def uses_loop(self) -> bool:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from real_lightning.rollout.engine import Generation, check_sampling
+from real_lightning.rollout.engine import Generation, SamplingOptions, engine_sampling
 from real_lightning.rollout.requests import derive_seed
 
 
@@ -68,7 +68,7 @@ class VLLMEngine:
         kv_cache_gib: int = 1,
         llm_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        check_sampling(max_new_tokens, temperature, top_p, top_k)
+        SamplingOptions(max_new_tokens, temperature, top_p, top_k, tuple(stop or ()), ignore_eos)  # validated
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
         self.stop, self.ignore_eos = list(stop or []), ignore_eos
         self.model_path, self.dtype = model_path, dtype
@@ -88,6 +88,11 @@ class VLLMEngine:
     @property
     def policy_version(self) -> int:
         return self._version
+
+    @property
+    def sampling(self) -> SamplingOptions:
+        """The sampling options (one record type for every engine)."""
+        return engine_sampling(self)
 
     def setup(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
         """Build the ``vllm.LLM`` from ``model_path`` (default: the policy's ``name_or_path``), in this process."""

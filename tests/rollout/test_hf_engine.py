@@ -164,3 +164,18 @@ def test_a_copy_refuses_weights_that_do_not_fit(tiny_policy, char_tokenizer) -> 
         engine.update_weights([("nope", weights[0][1])], 0)
     with pytest.raises(ValueError, match="weights must be 'shared' or 'copy'"):
         HFEngine(weights="mine")
+
+
+def test_every_engine_reports_one_sampling_record() -> None:
+    from real_lightning.rollout.engine import SamplingOptions
+
+    engine = HFEngine(max_new_tokens=7, temperature=0.6, top_p=0.95, stop=["\n\n"])
+    assert engine.sampling == SamplingOptions(7, 0.6, 0.95, 0, ("\n\n",), False)
+    assert not engine.sampling.plain and HFEngine().sampling.plain
+    from real_lightning.rollout.vllm import VLLMEngine  # vllm itself is imported only by setup
+
+    assert VLLMEngine(max_new_tokens=7, temperature=0.6, top_p=0.95, stop=["\n\n"]).sampling == engine.sampling
+    with pytest.raises(ValueError, match="top_p must be in"):
+        SamplingOptions(top_p=0.0)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        HFEngine(max_new_tokens=0)

@@ -1,0 +1,21 @@
+"""The policy's weights as engines receive them: (name, full tensor) pairs, one at a time.
+
+The seam between a trained policy and whatever samples from it (:meth:`RolloutEngine.update_weights
+<real_lightning.rollout.engine.RolloutEngine.update_weights>`): a sharded parameter (FSDP2's ``DTensor``) is
+gathered into its full tensor — a collective, so every rank iterates all of them in the same order — and only
+one full tensor is alive at a time. An adapted policy (LoRA) will yield its merged or adapter weights here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torch import Tensor, nn
+
+
+def named_full_weights(policy: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """``(name, tensor)`` for every parameter of ``policy`` in ``named_parameters`` order, sharded parameters
+    gathered (detached; the parameter's dtype and device)."""
+    for name, param in policy.named_parameters():
+        full = param.full_tensor() if hasattr(param, "full_tensor") else param
+        yield name, full.detach()
