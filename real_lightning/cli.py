@@ -34,6 +34,7 @@ from real_lightning.checkpoints.resume import (
     saved_options,
 )
 from real_lightning.data.datamodule import RolloutDataModule
+from real_lightning.losses.specs import describe_specs
 from real_lightning.module import RealPolicyModule
 
 
@@ -73,6 +74,9 @@ class RealLightningCLI(LightningCLI):
                 "validation, ...) always apply and are listed"
             ),
         )
+        for action in parser._actions:  # --help lists the typed losses' hyper-parameters, defaults and docs
+            if action.dest == "model.loss":
+                action.help = f"{action.help} {describe_specs()}"
 
     def _parse_ckpt_path(self) -> None:
         """``fit``: keep the options given (Lightning would replace the model's with the checkpoint's);

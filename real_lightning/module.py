@@ -12,7 +12,6 @@ step (all micro-batches, all ranks; :mod:`real_lightning.step.accumulate`), and 
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 import time
@@ -27,7 +26,7 @@ from typing_extensions import override
 
 from real_lightning.logprobs import sequence_logprobs
 from real_lightning.logprobs.fused_head import check_fusable
-from real_lightning.losses import LOSSES, check_loss_options
+from real_lightning.losses import LossSpec, loss_config, resolve_loss
 from real_lightning.losses.kl import KLPenalty
 from real_lightning.policy.loading import BUILTIN, load_policy, load_tokenizer
 from real_lightning.policy.reference import ReferencePolicy
@@ -55,8 +54,6 @@ from real_lightning.step.output import STEP_KEY, StepOutput
 from real_lightning.utils.distributed import all_reduce_max
 from real_lightning.utils.dtypes import torch_dtype
 
-_NOT_HPARAMS = {"counts"}
-
 
 class RealPolicyModule(LightningModule):
     """A causal-LM policy trained with one of :data:`~real_lightning.losses.LOSSES`.
@@ -67,8 +64,14 @@ class RealPolicyModule(LightningModule):
     Args:
         pretrained: local directory or hub name of a causal LM (``AutoModelForCausalLM``), or
             ``builtin:tiny`` for the shipped ~1M-parameter arithmetic policy.
-        loss: name in ``LOSSES``: real, real_bce, real_product, grpo, dapo, gspo.
-        loss_kwargs: the loss's hyper-parameters (e.g. ``{tau: 0.5}``); omitted ones take the paper's defaults.
+        loss: the objective: a name in ``LOSSES`` (real, real_bce, real_product, grpo, dapo, gspo), its
+            hyper-parameters in ``loss_kwargs``; or a typed loss, ``class_path: real_lightning.losses.REAL`` (or
+            ``REALBCE``, ``REALProduct``, ``GRPO``, ``DAPO``, ``GSPO``, a ``LossSpec`` subclass of yours) with its
+            hyper-parameters as ``init_args`` (``--model.loss.help REAL`` documents them); or
+            ``"package.module:function"``, a loss function of yours with the ``LossFn`` signature, called with
+            ``loss_kwargs`` (:func:`~real_lightning.losses.resolve_loss`).
+        loss_kwargs: the hyper-parameters of a named loss (e.g. ``{tau: 0.5}``; omitted ones take the paper's
+            defaults) or of a loss function of yours; empty with a typed loss.
         lr: AdamW learning rate (peak, after warm-up).
         betas: AdamW betas.
         weight_decay: AdamW weight decay.
@@ -102,7 +105,7 @@ class RealPolicyModule(LightningModule):
     def __init__(
         self,
         pretrained: str = BUILTIN,
-        loss: str = "real",
+        loss: LossSpec | str = "real",
         loss_kwargs: dict[str, float | bool] | None = None,
         lr: float = 1e-6,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -123,11 +126,10 @@ class RealPolicyModule(LightningModule):
         kl_clamp: float = 10.0,
     ) -> None:
         super().__init__()
+        # names, ranges (tau > 0, clip >= 0, ...) checked at startup; a typed loss is called as is
+        self.loss_fn, self.loss_kwargs = resolve_loss(loss, loss_kwargs)
+        loss = loss_config(loss)  # saved as plain data (checkpoints load with weights_only=True)
         self.save_hyperparameters()
-        self.loss_fn = LOSSES[loss]
-        self.loss_kwargs = dict(loss_kwargs or {})
-        _check_loss_kwargs(loss, self.loss_kwargs)
-        check_loss_options(loss, self.loss_kwargs)  # ranges (tau > 0, clip >= 0, ...) at startup
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         self.tokenizer = load_tokenizer(pretrained)
@@ -456,16 +458,6 @@ def lr_factor(step: int, warmup: int, schedule: str, total: int | None, min_rati
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _check_loss_kwargs(loss: str, kwargs: dict[str, Any]) -> None:
-    params = inspect.signature(LOSSES[loss]).parameters
-    allowed = [n for n, p in params.items() if p.default is not inspect.Parameter.empty and n not in _NOT_HPARAMS]
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"loss {loss!r} has no hyper-parameter {', '.join(map(repr, unknown))}; valid: {', '.join(allowed)}"
-        )
 
 
 def _plain(value: Any) -> Any:

@@ -130,6 +130,14 @@ def test_switching_to_a_baseline_config_mid_run_is_refused(run) -> None:
         main(_args(run, "--ckpt_path", "last", before=("-c", str(CONFIGS / "baselines" / "grpo.yaml"))))
 
 
+def test_switching_to_a_typed_loss_mid_run_is_refused(run) -> None:
+    """A name → a typed loss (even REAL's own class) changes ``model.loss``: refused like a new name."""
+    typed = "{class_path: real_lightning.losses.REAL, init_args: {tau: 0.25}}"
+    with pytest.raises(ResumeRefused, match=r"model\.loss: 'real' → \(unset\)") as error:
+        main(_args(run, "--model.loss", typed, "--model.loss_kwargs", "{}", "--ckpt_path", "last"))
+    assert "model.loss.init_args.tau: (unset) → 0.25" in str(error.value)
+
+
 def test_new_lr_applied_and_listed_earlier_rows_kept(run, caplog) -> None:
     """``last`` with a new lr, max_steps and (allowed) loss_kwargs: listed, and the optimizer uses the new lr
     from the first resumed step; the pinned CSV logger keeps the rows of steps 0–1."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -73,6 +74,11 @@ class BatchCounts:
         contrast_rollouts: rollouts in groups whose rewards are not all equal; ``real_bce``.
         sequences: rollouts; ``grpo`` and ``gspo`` (and every GRPO-family ``weight_normalizer``).
         tokens: response tokens; ``dapo``.
+        extra: counts a loss of yours declares beyond these four, by name (``extra_counts``: a
+            function ``(response_mask, rewards, group_ids) -> {name: count}`` of one batch, counts
+            that add up over batches of whole groups; see :class:`~real_lightning.losses.specs.LossSpec`).
+            The training step passes the loss's ``extra_counts`` to :meth:`of` and all-reduces them
+            with the others; empty for the shipped losses.
 
     Example:
         >>> import torch
@@ -87,10 +93,18 @@ class BatchCounts:
     contrast_rollouts: Count
     sequences: Count
     tokens: Count
+    extra: Mapping[str, Count] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, response_mask: Tensor, rewards: Tensor, group_ids: Tensor) -> BatchCounts:
-        """The counts of one batch (arguments as in the losses) as 0-dim float64 tensors, without a host sync."""
+    def of(
+        cls,
+        response_mask: Tensor,
+        rewards: Tensor,
+        group_ids: Tensor,
+        extra_counts: Callable[[Tensor, Tensor, Tensor], Mapping[str, Count]] | None = None,
+    ) -> BatchCounts:
+        """The counts of one batch (arguments as in the losses) as 0-dim float64 tensors, without a host sync;
+        ``extra_counts(response_mask, rewards, group_ids)`` adds a loss's own counts (:attr:`extra`)."""
         if response_mask.dim() != 2:
             raise ValueError(f"response_mask must be [B, T], got shape {tuple(response_mask.shape)}")
         batch = response_mask.shape[0]
@@ -108,32 +122,54 @@ class BatchCounts:
             contrast_rollouts=contrast.sum().to(f64),
             sequences=torch.full((), batch, dtype=f64, device=rewards.device),  # a fill, not a host copy
             tokens=as_bool_mask(response_mask).sum().to(f64),
+            extra={} if extra_counts is None else _as_counts(extra_counts(response_mask, rewards, group_ids), rewards),
         )
 
     def as_tensor(self, device: torch.device | str | None = None) -> Tensor:
-        """[4] float64 (groups, contrast_rollouts, sequences, tokens), on ``device`` (default: a field's, else CPU)."""
-        values = [getattr(self, f.name) for f in fields(self)]
+        """[4] float64 (groups, contrast_rollouts, sequences, tokens), then :attr:`extra` by sorted name, on
+        ``device`` (default: a field's, else CPU)."""
+        values = [*(getattr(self, name) for name in _UNITS), *(self.extra[name] for name in sorted(self.extra))]
         if device is None:
             device = next((v.device for v in values if isinstance(v, Tensor)), None)
         as_count = [torch.as_tensor(v, dtype=torch.float64, device=device).detach().reshape(()) for v in values]
         return torch.stack(as_count)
 
     @classmethod
-    def from_tensor(cls, counts: Tensor) -> BatchCounts:
-        """Inverse of :meth:`as_tensor`: fields are the 0-dim entries of a [4] tensor."""
-        if counts.shape != (len(fields(cls)),):
-            raise ValueError(f"counts must be a [{len(fields(cls))}] tensor, got shape {tuple(counts.shape)}")
-        return cls(*counts.unbind(0))
+    def from_tensor(cls, counts: Tensor, extra: Iterable[str] = ()) -> BatchCounts:
+        """Inverse of :meth:`as_tensor`: fields are the 0-dim entries of a [4] tensor ([4 + E] with the names
+        of ``extra``)."""
+        names = sorted(extra)
+        size = len(_UNITS) + len(names)
+        if counts.shape != (size,):
+            raise ValueError(f"counts must be a [{size}] tensor, got shape {tuple(counts.shape)}")
+        values = counts.unbind(0)
+        return cls(*values[: len(_UNITS)], extra=dict(zip(names, values[len(_UNITS) :], strict=True)))
 
     def __add__(self, other: BatchCounts) -> BatchCounts:
         if not isinstance(other, BatchCounts):
             return NotImplemented
-        return BatchCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        if set(self.extra) != set(other.extra):
+            raise ValueError(f"cannot add counts with extra {sorted(self.extra)} and {sorted(other.extra)}")
+        return BatchCounts(
+            *(getattr(self, name) + getattr(other, name) for name in _UNITS),
+            extra={name: value + other.extra[name] for name, value in self.extra.items()},
+        )
 
     def __radd__(self, other: object) -> BatchCounts:
         if isinstance(other, int) and other == 0:  # sum(parts) starts from 0
             return self
         return NotImplemented
+
+
+_UNITS = ("groups", "contrast_rollouts", "sequences", "tokens")
+
+
+def _as_counts(counts: Mapping[str, Count], like: Tensor) -> dict[str, Tensor]:
+    """A loss's own counts as 0-dim float64 tensors on ``like``'s device, sorted by name."""
+    return {
+        name: torch.as_tensor(counts[name], dtype=torch.float64, device=like.device).detach().reshape(())
+        for name in sorted(counts)
+    }
 
 
 def step_normalizer(count: Count, like: Tensor) -> Tensor:

@@ -133,7 +133,8 @@ def accumulate_step(
         minibatch: this rank's groups of the step.
         budget: micro-batch budget (padded tokens, sequences).
         logprobs_fn: the policy's response log-probs (and entropy).
-        loss_fn: an entry of ``LOSSES`` (called with ``counts=`` the step's counts).
+        loss_fn: a loss (an entry of ``LOSSES``, a typed ``LossSpec``, a function of one's own), called with
+            ``counts=`` the step's counts (with the ``extra_counts`` it declares, if any).
         loss_kwargs: the loss's hyper-parameters.
         backward: back-propagates a scalar (the strategy's backward, for precision plugins).
         device: where the policy runs.
@@ -151,8 +152,9 @@ def accumulate_step(
     KL(π_behaviour ‖ π_old)).
     """
     micro = minibatch.micro_batches(*budget) if len(minibatch) else []
-    local_counts = BatchCounts.of(minibatch.response_mask, minibatch.rewards, minibatch.group_ids)
-    counts = BatchCounts.from_tensor(all_reduce(local_counts.as_tensor()))
+    extra_counts = getattr(loss_fn, "extra_counts", None)  # a loss's own normalisers (LossSpec), summed like the rest
+    local_counts = BatchCounts.of(minibatch.response_mask, minibatch.rewards, minibatch.group_ids, extra_counts)
+    counts = BatchCounts.from_tensor(all_reduce(local_counts.as_tensor()), local_counts.extra)
     sums: dict[str, Tensor] = {}
 
     def add(name: str, value: Tensor | float) -> None:
