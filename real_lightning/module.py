@@ -42,7 +42,7 @@ from real_lightning.rollout.batch import RolloutBatch, ValidationRollouts
 from real_lightning.rollout.collector import RolloutCollector
 from real_lightning.rollout.engine import RolloutEngine
 from real_lightning.rollout.requests import RolloutRequest, ValidationRequest
-from real_lightning.step.accumulate import ImportanceSampling, StepResult, accumulate_step, old_logprobs_pass
+from real_lightning.step import ImportanceSampling, StepResult, accumulate_step, old_logprobs_pass
 from real_lightning.utils.dtypes import torch_dtype
 
 _NOT_HPARAMS = {"counts"}
