@@ -43,13 +43,8 @@ from real_lightning.rollout.batch import RolloutBatch, ValidationRollouts
 from real_lightning.rollout.collector import RolloutCollector
 from real_lightning.rollout.engine import RolloutEngine
 from real_lightning.rollout.requests import RolloutRequest, ValidationRequest
-from real_lightning.step.accumulate import (
-    Budget,
-    ImportanceSampling,
-    StepResult,
-    accumulate_step,
-    old_logprobs_pass,
-)
+from real_lightning.step import ImportanceSampling, StepResult, accumulate_step, old_logprobs_pass
+from real_lightning.step.accumulate import Budget
 from real_lightning.step.output import STEP_KEY, StepOutput
 from real_lightning.utils.distributed import all_reduce_max
 from real_lightning.utils.dtypes import torch_dtype

@@ -87,3 +87,24 @@ class KLPenalty:
     @property
     def active(self) -> bool:
         return self.coef > 0
+
+    def penalty(
+        self, logprobs: Tensor, ref_logprobs: Tensor | None, response_mask: Tensor, counts: BatchCounts | None = None
+    ) -> Tensor:
+        """The KL term of one micro-batch of a step, before β: :func:`kl_penalty` with these options.
+
+        Args:
+            logprobs: [B, T] log π_θ (the gradient flows through it).
+            ref_logprobs: [B, T] log π_ref of the rollouts; None is an error (β > 0 needs the reference pass).
+            response_mask: [B, T] response mask.
+            counts: the step's counts: the penalty is a sum over this batch's tokens divided by all the step's
+                (so the micro-batches' penalties add up to the step's token mean, in nats).
+
+        Returns:
+            [] in ``logprobs``' dtype; the step adds ``coef`` times it to the policy loss.
+        """
+        if ref_logprobs is None:
+            raise ValueError("kl_coef > 0 but the rollouts carry no reference log-probs (ref_logprobs)")
+        return kl_penalty(
+            logprobs, ref_logprobs, response_mask, estimator=self.estimator, clamp=self.clamp, counts=counts
+        )

@@ -98,6 +98,25 @@ def test_options_are_checked() -> None:
         KLPenalty(-1.0)
 
 
+def test_the_step_term_is_the_penalty_with_the_options_and_needs_reference_logprobs() -> None:
+    """KLPenalty.penalty (the KL term of a micro-batch, before β) is kl_penalty with its estimator and clamp, over
+    the step's tokens; rollouts without reference log-probs are an error."""
+    gen = torch.Generator().manual_seed(3)
+    logprobs = (torch.randn(3, 4, generator=gen, dtype=torch.float64) * 3).requires_grad_()
+    ref = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    mask = torch.rand(3, 4, generator=gen) > 0.3
+    counts = BatchCounts(groups=1, contrast_rollouts=0, sequences=3, tokens=20)
+    for options in (KLPenalty(0.5, "k3", clamp=1.0), KLPenalty(0.1, "k2"), KLPenalty(2.0, "k1")):
+        term = options.penalty(logprobs, ref, mask, counts)
+        expected = kl_penalty(logprobs, ref, mask, estimator=options.estimator, clamp=options.clamp, counts=counts)
+        assert torch.equal(term, expected) and term.requires_grad
+        tokens = int(mask.sum())
+        value = _reference_value(logprobs.detach(), ref, mask, options.estimator, options.clamp) * tokens / 20
+        assert float(term) == pytest.approx(value, rel=1e-12)
+    with pytest.raises(ValueError, match="no reference log-probs"):
+        KLPenalty(0.5).penalty(logprobs, None, mask, counts)
+
+
 def test_a_step_with_kl_is_the_policy_loss_plus_beta_kl_in_any_split(policy_dir) -> None:
     """accumulate_step with β > 0: the gradient of (REAL loss + β·KL) of the whole mini-batch, the same in
     micro-batches; train/kl_ref is the token mean of k3; without reference log-probs it is an error."""
