@@ -154,10 +154,23 @@ def main(args: list[str] | None = None) -> None:
         )
     except StopRequested as stop:  # SIGTERM/SIGINT during fit: a checkpoint was written
         rank_zero_info(str(stop))
+        _close_process_group()
         sys.exit(stop.exit_code)
     except SIGTERMException:  # Lightning's own SIGTERM stop (validate, test): no checkpoint to keep
         rank_zero_info("Stopped by SIGTERM")
+        _close_process_group()
         sys.exit(128 + signal.SIGTERM)
+    _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Destroy the default process group after a run that ended normally or by a stop (every rank gets here),
+    so its threads and sockets close before the interpreter exits rather than in its teardown. Not after a
+    failure: the other ranks may still wait in a collective."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

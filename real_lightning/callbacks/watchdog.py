@@ -99,6 +99,7 @@ class StallWatchdog:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._thread = None
+        self._store = None  # close the store client before the process group goes (no socket left at exit)
 
     # --- the thread ----------------------------------------------------------------------------------------------
 
