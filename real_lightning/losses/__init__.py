@@ -33,8 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
-import importlib
 import inspect
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -71,7 +69,7 @@ from real_lightning.losses.specs import (
     check_options,
 )
 from real_lightning.utils.groups import build_groups
-from real_lightning.utils.registry import Registry, UnknownNameError
+from real_lightning.utils.registry import Registry, UnknownNameError, import_path
 
 
 class LossFn(Protocol):
@@ -167,7 +165,7 @@ def resolve_loss(
     if isinstance(loss, Mapping):
         loss = _spec_from_config(loss)
     if isinstance(loss, str) and ":" in loss:
-        target = _import_path(loss)
+        target = import_path(loss, "loss")
         if not isinstance(target, LossSpec):
             _check_signature(target, loss, kwargs)
             return target, kwargs
@@ -217,25 +215,10 @@ def _spec_from_config(config: Mapping[str, Any]) -> LossSpec:
     if not isinstance(class_path, str) or set(config) - {"class_path", "init_args"}:
         raise ValueError(f"model.loss as a mapping is {{class_path: ..., init_args: {{...}}}}, got {dict(config)}")
     module_name, _, attr = class_path.rpartition(".")
-    cls = _import_path(f"{module_name}:{attr}")
+    cls = import_path(f"{module_name}:{attr}", "loss")
     if not (isinstance(cls, type) and issubclass(cls, LossSpec)):
         raise ValueError(f"model.loss class_path {class_path!r} is not a subclass of {LossSpec.__qualname__}")
     return cls(**dict(config.get("init_args") or {}))
-
-
-def _import_path(path: str) -> Any:
-    """The object ``"package.module:attr"`` names (``attr`` may be dotted)."""
-    module_name, _, attr_path = path.partition(":")
-    if not module_name or not attr_path:
-        raise ValueError(f"loss {path!r} is not of the form 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"loss {path!r}: cannot import module {module_name!r} ({exc})") from exc
-    try:
-        return functools.reduce(getattr, attr_path.split("."), module)
-    except AttributeError as exc:
-        raise ValueError(f"loss {path!r}: module {module_name!r} has no attribute {attr_path!r}") from exc
 
 
 def _check_signature(fn: Any, path: str, kwargs: Mapping[str, Any]) -> None:

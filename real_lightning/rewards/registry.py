@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-import importlib
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from real_lightning.rewards.math import math_reward, verify
-from real_lightning.utils.registry import Registry
+from real_lightning.utils.registry import Registry, import_path
 
 #: A reward function: ``fn(response, ground_truth) -> reward``, or ``fn(response, ground_truth, **row) -> reward``
 #: when it takes row fields (see :func:`reward_fn_fields`).
@@ -45,20 +43,9 @@ def resolve_reward_fn(spec: str | RewardFn) -> RewardFn:
         raise TypeError(f"a reward function spec is a name, a 'module:function' path or a callable, got {spec!r}")
     if ":" not in spec:
         return REWARD_FUNCTIONS[spec]
-    module_name, _, attr_path = spec.partition(":")
-    if not module_name or not attr_path:
-        raise ValueError(f"reward function spec {spec!r} is not of the form 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"reward function spec {spec!r}: cannot import module {module_name!r} ({exc})") from exc
-    try:
-        fn = functools.reduce(getattr, attr_path.split("."), module)
-    except AttributeError as exc:
-        raise ValueError(
-            f"reward function spec {spec!r}: module {module_name!r} has no attribute {attr_path!r}"
-        ) from exc
+    fn = import_path(spec, "reward function spec")
     if not callable(fn):
+        attr_path = spec.partition(":")[2]
         raise ValueError(f"reward function spec {spec!r}: {attr_path!r} is a {type(fn).__name__}, not a callable")
     return fn
 
