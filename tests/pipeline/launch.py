@@ -65,6 +65,7 @@ def run_ranks(
             "NODE_RANK": "0",
             "LOCAL_WORLD_SIZE": str(world_size),
             "OMP_NUM_THREADS": "1",
+            "PYTHONFAULTHANDLER": "1",  # a rank that aborts shows every thread's stack
         }
         out = (logs / f"rank{rank}.log").open("w")
         files.append(out)
