@@ -7,7 +7,8 @@ Where things live (each package's docstring says more):
 - :mod:`real_lightning.step` — the step itself (micro-batches of whole groups, importance sampling, KL, metrics)
   and the :class:`~real_lightning.step.output.StepOutput` callbacks read;
 - :mod:`real_lightning.losses` — REAL and the GRPO/DAPO/GSPO baselines as pure functions;
-- :mod:`real_lightning.rollout` — rollout records, the engine protocol and engines, the collector;
+- :mod:`real_lightning.rollout` — rollout records, the engine protocol and engines, the collector, the rollout
+  producer of asynchronous rollouts (``rollout.producer``);
 - :mod:`real_lightning.rewards` — verifiable rewards and their time-bounded, parallel grading;
 - :mod:`real_lightning.data` — datasets, prompts and the ``RolloutDataModule``;
 - :mod:`real_lightning.policy` — loading, sharding (FSDP2), the reference policy, weights for engines, export;

@@ -241,6 +241,10 @@ class RealPolicyModule(LightningModule):
         """Sample the rollout batch ``request`` starts, at the step boundary: the engine gets the current weights,
         and dynamic sampling's rounds continue while any rank is short (one all-reduce per round, issued here
         on every rank: the sampling itself issues none)."""
+        if collector.producer is not None:  # sampled ahead, within the staleness bound
+            collector.publish_weights(request.rollout_index, self.global_step, self.policy)
+            collector.receive_rollout_batch(request)
+            return
         self.push_weights(collector)
         collector.start_rollout_batch(request)
         # every rank runs the same number of rounds: continue while any rank is short
@@ -275,7 +279,10 @@ class RealPolicyModule(LightningModule):
             self._sample_rollout_batch(collector, request)
         schedule = collector.schedule
         budget = (schedule.max_tokens_per_micro_batch, schedule.max_sequences_per_micro_batch)
-        old_seconds = self._attach_logprobs(collector, collector.rollouts(request), budget)
+        rollouts = collector.rollouts(request)
+        old_seconds = self._attach_logprobs(collector, rollouts, budget)
+        if collector.producer is not None:
+            self._log_staleness(rollouts, request)
         minibatch = collector.minibatch(request)
         self._update_start = time.perf_counter()
         self.policy.zero_grad(set_to_none=True)  # optimizer_zero_grad is a no-op: the step accumulates here
@@ -298,6 +305,20 @@ class RealPolicyModule(LightningModule):
             skipped=result.skipped, metrics=result.metrics, loss_output=result.loss_output, rollouts=result.rollouts
         )
         return {"loss": self._sync_loss(), STEP_KEY: self._step_output}
+
+    def _log_staleness(self, rollouts: RolloutBatch, request: RolloutRequest) -> None:
+        """How old the weights that sampled this step's rollouts are, in optimizer steps and in rollout batches
+        (every group of a rollout batch shares its version: mean and max are over this step's groups)."""
+        steps = float(self.global_step - rollouts.policy_version)
+        batches = float(rollouts.rollout_staleness)
+        values = {
+            "rollout/staleness_mean": steps,
+            "rollout/staleness_max": steps,
+            "rollout/staleness_batches_mean": batches,
+            "rollout/staleness_batches_max": batches,
+        }
+        for key, value in values.items():
+            self.log(key, value, batch_size=1)
 
     def _sync_loss(self) -> Tensor:
         """What Lightning back-propagates after the step's own backward passes: zero, touching every parameter.

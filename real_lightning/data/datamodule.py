@@ -25,6 +25,7 @@ from real_lightning.rewards.registry import check_reward_fields
 from real_lightning.rollout.collector import RolloutCollector
 from real_lightning.rollout.engine import RolloutEngine, check_training_temperature
 from real_lightning.rollout.hf import HFEngine
+from real_lightning.rollout.producer import ProducerConfig, RolloutProducer, make_producer
 from real_lightning.rollout.requests import PromptOrder, RolloutRequests, ValidationRequests
 from real_lightning.rollout.schedule import RolloutSchedule
 from real_lightning.rollout.scoring import Scorer
@@ -46,7 +47,9 @@ class RolloutDataModule(LightningDataModule):
         engine: the rollout engine (default: ``HFEngine()``); its temperature is the one log-probs use, and
             ``fit`` refuses temperature 0 (greedy: the rollouts of a group would be identical).
         val_engine: engine for validation (default: the training engine); it may sample greedily.
-        schedule: rollout batch, mini-batch and micro-batch sizes (prompt counts over all ranks).
+        schedule: rollout batch, mini-batch and micro-batch sizes (prompt counts over all ranks), and how stale
+            rollouts may be (``max_staleness``: sampled ahead by a producer).
+        producer: where the producer of ``schedule.max_staleness`` > 0 runs (a worker process by default).
         prompts: prompt length limit and suffix. Training prompts that leave the model's positions
             (``max_position_embeddings`` of the tokenizer's model) no room for ``max_new_tokens`` are dropped too
             (validation prompts are only counted: a benchmark keeps all its problems).
@@ -72,6 +75,7 @@ class RolloutDataModule(LightningDataModule):
         validation: ValidationConfig = ValidationConfig(),  # noqa: B008
         seed: int = 0,
         tokenizer_from: str | None = None,
+        producer: ProducerConfig = ProducerConfig(),  # noqa: B008
     ) -> None:
         super().__init__()
         self.train_spec = train
@@ -79,6 +83,7 @@ class RolloutDataModule(LightningDataModule):
         self.engine = engine or HFEngine()
         self.val_engine = val_engine or self.engine
         self.schedule = schedule
+        self.producer_config = producer
         self.prompt_format = prompts
         self.validation = validation
         truncated_is_wrong = verifier.truncated_is_wrong
@@ -110,6 +115,7 @@ class RolloutDataModule(LightningDataModule):
             "validation": asdict(validation),
             "prompts": asdict(prompts),
             "seed": seed,
+            **({"producer": asdict(producer)} if schedule.asynchronous else {}),
         }
         self.save_hyperparameters({"data": data_hparams})  # one key: no clash with the module's names
         self.tokenizer_from = tokenizer_from
@@ -175,9 +181,48 @@ class RolloutDataModule(LightningDataModule):
             self.schedule.check_world_size(self._world)
             self.collector.prompts = self._tokenize(self.train_spec, "train", positions)
             self.collector.order = PromptOrder(len(self.collector.prompts), self.seed)
+        if stage == "fit" and self.schedule.asynchronous and self.collector.producer is None:
+            self.collector.attach_producer(self._make_producer())
         if self._pending_state is not None:
             self.collector.load_state_dict(self._pending_state)
             self._pending_state = None
+
+    def _make_producer(self) -> RolloutProducer:
+        """This rank's rollout producer (started by the module's first publish of weights)."""
+        make = getattr(self.engine, "producer_engine", None)
+        if not callable(make):
+            raise ValueError(
+                f"data.schedule.max_staleness = {self.schedule.max_staleness} needs a rollout producer, and the "
+                f"engine {type(self.engine).__name__} cannot run in one (it has no producer_engine()): use HFEngine or "
+                "VLLMEngine, or max_staleness 0"
+            )
+        assert self.collector is not None and self.tokenizer is not None
+        return make_producer(
+            self.producer_config,
+            engine=make(),
+            scorer=self.scorer,
+            prompts=self.collector.prompts,
+            schedule=self.schedule,
+            seed=self.seed,
+            rank=self._rank,
+            world_size=self._world,
+            tokenizer=self.tokenizer,
+        )
+
+    @override
+    def teardown(self, stage: str) -> None:
+        """Stop the rollout producer (its process and memory) when fit ends."""
+        self._stop_producer()
+
+    @override
+    def on_exception(self, exception: BaseException) -> None:
+        """Stop the rollout producer when the run fails or is interrupted (Ctrl-C)."""
+        self._stop_producer()
+
+    def _stop_producer(self) -> None:
+        if self.collector is not None and self.collector.producer is not None:
+            self.collector.producer.close()
+            self.collector.attach_producer(None)
 
     @override
     def train_dataloader(self) -> DataLoader:

@@ -37,6 +37,8 @@ class RolloutBatch:
         truncated: [B] bool, the response hit the length limit without EOS or stop string.
         temperature: sampling temperature; log-probs for the loss use the same.
         policy_version: the optimizer step whose weights sampled the batch (the engine's version).
+        rollout_staleness: how many rollout batches before this one those weights were taken (0: at this batch's
+            start, as without a producer; up to ``schedule.max_staleness``). Every group of the batch shares it.
         old_logprobs: [B, T] float32 log π_old of the response tokens, or None while not computed
             (and never, when the update is exactly on-policy: π_old = π_θ.detach()).
         behaviour_logprobs: [B, T] float32 log-probs the engine sampled with, when it reports them.
@@ -58,6 +60,7 @@ class RolloutBatch:
     truncated: Tensor
     temperature: float
     policy_version: int = 0
+    rollout_staleness: int = 0
     old_logprobs: Tensor | None = None
     behaviour_logprobs: Tensor | None = None
     ref_logprobs: Tensor | None = None

@@ -32,7 +32,9 @@ from real_lightning.rollout.scoring import Scorer, Scores
 from real_lightning.utils.distributed import all_gather_objects
 from real_lightning.utils.groups import build_groups
 
-if TYPE_CHECKING:  # the data package imports this module
+if TYPE_CHECKING:  # the data package imports this module; the producer package imports it too
+    from torch import nn
+
     from real_lightning.data.prompts import TokenizedPrompt
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,44 @@ class RolloutCollector:
         self._rollout_index = -1
         self._batch: RolloutBatch | None = None
         self._in_progress: _RolloutBatchInProgress | None = None
+        self.producer: Any = None
+        """A :class:`~real_lightning.rollout.producer.RolloutProducer` that samples ahead of training when
+        ``schedule.max_staleness`` > 0 (the data module attaches it for fit; the producer package imports this
+        module, not the reverse)."""
+        self._restored_ahead: dict[int, RolloutBatch] = {}
+
+    # --- training ahead of sampling (a producer) ------------------------------------------------------
+
+    def attach_producer(self, producer: Any) -> None:
+        """Sample through ``producer`` from now on (it gets any batches a checkpoint held in flight)."""
+        self.producer = producer
+        if producer is not None and self._restored_ahead:
+            producer.restore(self._restored_ahead)
+            self._restored_ahead = {}
+
+    def publish_weights(self, rollout_index: int, version: int, policy: nn.Module) -> None:
+        """Give the producer the weights at the start of rollout batch ``rollout_index`` (every rank at once)."""
+        assert self.producer is not None
+        self.producer.publish(rollout_index, version, policy)
+
+    def receive_rollout_batch(self, request: RolloutRequest) -> RolloutBatch:
+        """The producer's rollout batch of ``request``, which becomes the batch in flight. A batch older than the
+        staleness bound (never, by the producer's rule: the backstop) is dropped and counted, not trained on."""
+        assert self.producer is not None
+        batch, waited = self.producer.take(request.rollout_index)
+        stale = batch.rollout_staleness > self.schedule.max_staleness
+        if stale:
+            log.error(
+                "rollout batch %d was sampled %d rollout batches ago, past data.schedule.max_staleness = %d: its "
+                "groups are dropped",
+                request.rollout_index,
+                batch.rollout_staleness,
+                self.schedule.max_staleness,
+            )
+            batch = batch.take_groups(torch.empty(0, dtype=torch.long))
+        stats = {**batch.stats, "time/wait_for_rollouts_s": waited, "rollout/stale_dropped": float(stale)}
+        self._batch, self._rollout_index = replace(batch, stats=stats), request.rollout_index
+        return self._batch
 
     # --- training ---------------------------------------------------------------------------------
 
@@ -284,13 +324,18 @@ class RolloutCollector:
     def state_dict(self) -> dict[str, Any]:
         """The data position and every rank's rollout batch in flight (a collective: all ranks call it).
 
-        The batch is saved only while steps of it remain (not after its last mini-batch).
+        The batch is saved only while steps of it remain (not after its last mini-batch). With a producer, the
+        batches it samples ahead are saved too, finished (``ahead``; this waits for the producer to finish
+        every batch the published weights allow): a resumed run trains on exactly the same rollouts.
         """
         in_flight = self._batch is not None and self.next_step % self.schedule.minibatches_per_rollout != 0
         local = {
             "rollout_index": self._rollout_index if in_flight else -1,
-            "batch": _batch_state(self._batch) if in_flight else None,
+            "batch": batch_state(self._batch) if in_flight else None,
         }
+        if self.producer is not None or self._restored_ahead:
+            ahead = self.producer.in_flight() if self.producer is not None else self._restored_ahead
+            local["ahead"] = {r: batch_state(b) for r, b in sorted(ahead.items())}
         return {"next_step": self.next_step, "world_size": self.world_size, "ranks": all_gather_objects(local)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -307,13 +352,16 @@ class RolloutCollector:
         local = state["ranks"][self.rank]
         if local["batch"] is not None:
             self._rollout_index, self._batch = int(local["rollout_index"]), RolloutBatch(**local["batch"])
+        self._restored_ahead = {int(r): RolloutBatch(**b) for r, b in local.get("ahead", {}).items()}
+        if self.producer is not None and self._restored_ahead:
+            self.attach_producer(self.producer)
 
 
 def _num_groups(batch: RolloutBatch) -> int:
     return batch.num_groups if len(batch) else 0
 
 
-def _batch_state(batch: RolloutBatch) -> dict[str, Any]:
+def batch_state(batch: RolloutBatch) -> dict[str, Any]:
     """Plain values only (tensors, lists, numbers): checkpoints load with ``weights_only=True``."""
     values = {f.name: getattr(batch, f.name) for f in fields(batch)}
     return {name: value.cpu() if isinstance(value, Tensor) else value for name, value in values.items()}

@@ -4,6 +4,7 @@ module itself (``weights: shared``) or on a copy of its weights the module pushe
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Literal
 
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from real_lightning.logprobs.chunked import sequence_logprobs
 from real_lightning.rollout.batch import concat_rows
 from real_lightning.rollout.decode import decode
 from real_lightning.rollout.engine import Generation, SamplingOptions, engine_sampling
@@ -72,9 +74,11 @@ class HFEngine:
             the full tensors :meth:`update_weights` receives: sampling reads nothing of the training module and
             issues no collective, so the engine can sample while the trainer updates (asynchronous rollouts).
             The same weights give the same samples either way.
-
-    Behaviour log-probs are not reported: sampling uses the training weights (or an exact copy of them), so
-    π_behaviour is π_old up to kernel differences.
+        behaviour_logprobs: report the log-probs of the sampled tokens under the weights that sampled them (one
+            no-grad forward pass after sampling, at the engine's temperature). Off by default: sampling uses the
+            training weights (or an exact copy of them), so π_behaviour is π_old up to kernel differences. A
+            rollout producer turns it on (:meth:`producer_engine`): there the weights may be older than π_old,
+            and truncated importance sampling needs them.
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class HFEngine:
         synced_gpus: bool | None = None,
         decoder: Literal["auto", "loop", "generate"] = "auto",
         weights: Literal["shared", "copy"] = "shared",
+        behaviour_logprobs: bool = False,
     ) -> None:
         SamplingOptions(max_new_tokens, temperature, top_p, top_k, tuple(stop or ()), ignore_eos)  # validated
         plain = top_p == 1.0 and top_k == 0 and not stop
@@ -100,6 +105,7 @@ class HFEngine:
             raise ValueError(f"weights must be 'shared' or 'copy', got {weights!r}")
         self.decoder = decoder
         self.weights = weights
+        self.behaviour_logprobs = behaviour_logprobs
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
@@ -133,6 +139,15 @@ class HFEngine:
         self._tokenizer = tokenizer
         self._model = model if self.weights == "shared" else _empty_copy(model)
         self._version = -1
+
+    def producer_engine(self) -> HFEngine:
+        """A fresh engine with these options for a rollout producer: its own copy of the weights (``copy``), and
+        behaviour log-probs reported (the producer's weights may be older than the trainer's π_old)."""
+        fresh = copy.copy(self)
+        fresh.stop = list(self.stop)
+        fresh.weights, fresh.behaviour_logprobs = "copy", True
+        fresh._model, fresh._tokenizer, fresh._version = None, None, -1
+        return fresh
 
     def teardown(self) -> None:
         """Drop the model (the training module's reference, or the copy) and the tokenizer (set up again before
@@ -199,7 +214,25 @@ class HFEngine:
                 self._generate_chunk(policy, tokenizer, prompts[i : i + per_call], n, device, synced)
                 for i in range(0, len(prompts), per_call)
             ]
-        return concat_rows(chunks)
+        generation = concat_rows(chunks)
+        if self.behaviour_logprobs:
+            generation.behaviour_logprobs = self._behaviour_logprobs(generation)
+        return generation
+
+    @torch.no_grad()
+    def _behaviour_logprobs(self, generation: Generation) -> Tensor:
+        """[P·n, T] float32 log-probs of the sampled tokens under this engine's weights (0 past each response)."""
+        assert self._model is not None
+        device = next(self._model.parameters()).device
+        logprobs, _ = sequence_logprobs(
+            self._model,
+            generation.input_ids.to(device),
+            generation.attention_mask.to(device),
+            generation.prompt_length,
+            temperature=self.temperature if self.temperature > 0 else 1.0,
+        )
+        mask = generation.response_mask.to(device)
+        return torch.where(mask, logprobs.float(), torch.zeros((), device=device))
 
     def _generate_chunk(
         self,
@@ -278,11 +311,14 @@ def _empty_copy(model: nn.Module) -> nn.Module:
     into (initialised without touching the global RNG; frozen, in eval mode)."""
     first = next(model.parameters())
     local = first.to_local() if hasattr(first, "to_local") else first
+    device = local.device
+    if device.type == "meta":  # a skeleton (a rollout producer's): build on this process's device
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     config = model.config
-    with torch.random.fork_rng(devices=[] if local.device.type == "cpu" else [local.device]), local.device:
-        copy = type(model)._from_config(config, dtype=first.dtype)
-    copy.requires_grad_(False)
-    return copy.eval()
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), device:
+        built = type(model)._from_config(config, dtype=first.dtype)
+    built.requires_grad_(False)
+    return built.eval()
 
 
 @torch.no_grad()

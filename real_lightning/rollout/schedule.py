@@ -39,6 +39,13 @@ class RolloutSchedule:
             pass, for the update and the π_old pass; a group larger than that runs alone. None: no bound.
         max_sequences_per_micro_batch: bound on the rows of one forward pass (whole groups; a group
             larger than that runs alone). None: no bound.
+        max_staleness: S, in rollout batches: rollout batch r may be sampled by the policy of the start of rollout
+            batch r − S on, by a producer apart from training (``data.producer``) that samples up to S batches
+            ahead while the trainer trains. 0 (default): sampling and training take turns, as without a producer.
+        staleness_mode: ``fixed``: batch r is sampled by exactly the policy of the start of batch max(0, r − S),
+            whatever the timing (the same rollouts, losses and weights in every run: tests, resume, research);
+            ``bounded``: by the freshest policy the producer holds when it starts the batch, never older than S
+            batches (faster when the producer lags; not deterministic).
     """
 
     prompts_per_rollout: int = 32
@@ -51,6 +58,8 @@ class RolloutSchedule:
     old_logprobs: Literal["trainer", "engine"] = "trainer"
     max_tokens_per_micro_batch: int | None = None
     max_sequences_per_micro_batch: int | None = None
+    max_staleness: int = 0
+    staleness_mode: Literal["fixed", "bounded"] = "fixed"
 
     def __post_init__(self) -> None:
         for name in ("prompts_per_rollout", "rollouts_per_prompt", "ppo_epochs"):
@@ -73,6 +82,10 @@ class RolloutSchedule:
         self._check_minibatch_divides()
         if self.old_logprobs not in ("trainer", "engine"):
             raise ValueError(f"schedule.old_logprobs must be 'trainer' or 'engine', got {self.old_logprobs!r}")
+        if self.max_staleness < 0:
+            raise ValueError(f"schedule.max_staleness must be >= 0 (0: no producer), got {self.max_staleness}")
+        if self.staleness_mode not in ("fixed", "bounded"):
+            raise ValueError(f"schedule.staleness_mode must be 'fixed' or 'bounded', got {self.staleness_mode!r}")
         for name in ("max_tokens_per_micro_batch", "max_sequences_per_micro_batch"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -108,8 +121,21 @@ class RolloutSchedule:
         """One optimizer step per rollout batch: π_old is the policy at the update (on-policy)."""
         return self.minibatches_per_rollout == 1
 
+    @property
+    def asynchronous(self) -> bool:
+        """A producer samples ahead of training (``max_staleness`` > 0)."""
+        return self.max_staleness > 0
+
     def check_world_size(self, world_size: int) -> None:
-        """Raise ``ValueError`` unless every rank gets an equal share of whole prompts."""
+        """Raise ``ValueError`` unless every rank gets an equal share of whole prompts (and, with a producer,
+        unless dynamic sampling's rounds could be agreed on)."""
+        if self.asynchronous and self.dynamic_sampling and world_size > 1:
+            raise ValueError(
+                f"data.schedule.dynamic_sampling with max_staleness={self.max_staleness} on {world_size} ranks: "
+                "each rank's producer samples its share of a rollout batch ahead of training, and the ranks must "
+                "agree on the number of extra sampling rounds, which a producer cannot ask the other ranks (it "
+                "issues no collective). Use max_staleness 0 with dynamic sampling on several ranks, or one process"
+            )
         for name, value in (
             ("prompts_per_rollout", self.prompts_per_rollout),
             ("prompts_per_minibatch", self.minibatch_prompts),

@@ -9,6 +9,7 @@ engine's model through vLLM's own weight-loading path (no disk round trip), once
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Iterable
@@ -148,6 +149,14 @@ class VLLMEngine:
         if self._asleep:
             self._require().wake_up()
             self._asleep = False
+
+    def producer_engine(self) -> VLLMEngine:
+        """A fresh engine with these options, not set up, for a rollout producer (it builds its own ``vllm.LLM`` in
+        the producer's process; behaviour log-probs are always reported)."""
+        fresh = copy.copy(self)
+        fresh.stop, fresh.llm_kwargs = list(self.stop), dict(self.llm_kwargs)
+        fresh.llm, fresh._tokenizer, fresh._version, fresh._asleep = None, None, -1, False
+        return fresh
 
     def teardown(self) -> None:
         """Free the ``vllm.LLM`` (weights, KV cache, its process-group state); a later :meth:`setup` builds it anew."""

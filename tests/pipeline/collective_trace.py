@@ -173,9 +173,9 @@ def first_divergence(traces: dict[int, list[dict]]) -> str | None:
 def main() -> None:
     folder, args = Path(sys.argv[1]), sys.argv[2:]
     install(folder, int(os.environ.get("RANK", "0")))
-    from real_lightning.cli import main as cli_main
+    from real_lightning.cli import entry
 
-    cli_main(args)
+    entry(args)
 
 
 if __name__ == "__main__":
@@ -185,17 +185,21 @@ if __name__ == "__main__":
 # where sampling runs: a collective issued with one of these frames on the stack came from inside it
 SAMPLING_FRAMES = ("real_lightning/rollout/", "real_lightning/rewards/")
 CHECKPOINT_FRAMES = ("real_lightning/rollout/collector.py", "state_dict")  # the data position a checkpoint saves
+PUBLISH_FRAMES = ("real_lightning/rollout/producer/base.py", "publish")  # weights to a producer, at the boundary
 
 
 def from_sampling(trace: list[dict], engine_may_gather: bool) -> list[dict]:
     """The collectives of ``trace`` issued from inside sampling or grading — none should be: decisions that need
     every rank are taken at the step boundary. Excepted: the collector's ``state_dict`` (a checkpoint, between
-    steps), and with ``engine_may_gather`` the engine's own forward passes (the HF engine sampling with the shared,
+    steps), a rollout producer's ``publish`` (the full weights gathered at a rollout batch's start, every rank at
+    once), and with ``engine_may_gather`` the engine's own forward passes (the HF engine sampling with the shared,
     sharded training module gathers its shards: inherent to that mode)."""
     found = []
     for record in trace:
         frames = [f for f in record.get("stack", []) if f.startswith(SAMPLING_FRAMES)]
-        if not frames or any(CHECKPOINT_FRAMES[0] in f and f.endswith(CHECKPOINT_FRAMES[1]) for f in frames):
+        if not frames or any(
+            marks[0] in f and f.endswith(marks[1]) for f in frames for marks in (CHECKPOINT_FRAMES, PUBLISH_FRAMES)
+        ):
             continue
         if engine_may_gather and frames[0].startswith(
             ("real_lightning/rollout/hf.py", "real_lightning/rollout/decode.py")

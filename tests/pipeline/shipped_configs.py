@@ -33,6 +33,8 @@ RUNS: list[tuple[str, list[str]]] = [
     ("quickstart-fsdp", [*QUICKSTART, "fsdp.yaml"]),
     *[(f"quickstart+{b}-ddp", [*QUICKSTART, f"baselines/{b}.yaml"]) for b in ("grpo", "dapo", "gspo", "real_bce")],
     ("quickstart+real_product-fsdp", [*QUICKSTART, "baselines/real_product.yaml", "fsdp.yaml"]),
+    ("quickstart+async-ddp", [*QUICKSTART, "async.yaml"]),  # a rollout producer process per rank
+    ("quickstart+async-fsdp", [*QUICKSTART, "async.yaml", "fsdp.yaml"]),
     ("replication-ddp", REPLICATION),
     ("replication-fsdp", [*REPLICATION, "fsdp.yaml"]),
     ("paper-fsdp", PAPER),
