@@ -224,3 +224,32 @@ def test_a_stopped_rank_makes_the_others_exit_naming_it(policy_dir, tmp_path) ->
     rank0 = (tmp_path / "logs" / "rank0.log").read_text()
     assert "rank(s) [1] did not arrive" in rank0 and "stopped or dead" in rank0, rank0[-3000:]
     assert "Stall: no progress for" in rank0 and "most recent call first" in rank0  # the report, then the stacks
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_two_process_resume_with_a_rollout_producer_is_exact(tmp_path, fsdp) -> None:
+    """max_staleness 2 (fixed), a producer process per rank, one optimizer step per rollout batch: both ranks
+    SIGKILLed after step 3 (before its checkpoint), resumed from the checkpoint of step 2 — which holds the batches
+    the producers had sampled ahead — every rank's steps 3 and 4 bit-identical to the run never stopped."""
+    checkpoint = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"every_n_train_steps": 1, "save_last": True},
+    }
+    kill = {"class_path": "tests.pipeline.callbacks_for_tests.KillAtStep", "init_args": {"step": 3}}
+    common = ["--trainer.enable_checkpointing", "true", "--data.schedule.ppo_epochs", "1"]
+    common += ["--data.schedule.max_staleness", "2", "--model.importance_sampling", "token"]
+
+    def args(name: str, callbacks: list[dict]) -> list[str]:
+        return fit_args(BUILTIN, tmp_path / name, 2, loss="real", extra_callbacks=callbacks, fsdp=fsdp) + common
+
+    run_ranks(args("straight", [checkpoint]), 2, tmp_path / "straight" / "logs")
+    run_ranks(args("broken", [kill, checkpoint]), 2, tmp_path / "broken" / "logs", exit_code=-9)
+    names = ("steps.jsonl", "steps.jsonl.rank1")
+    for name in names:
+        (tmp_path / "broken" / name).rename(tmp_path / "broken" / f"killed_{name}")
+    run_ranks([*args("broken", [checkpoint]), "--ckpt_path", "last"], 2, tmp_path / "broken" / "logs2")
+    for name in names:
+        expected, after = step_records(tmp_path / "straight" / name), step_records(tmp_path / "broken" / name)
+        assert sorted(expected) == [1, 2, 3, 4] and sorted(after) == [3, 4]
+        for step in after:
+            assert after[step] == expected[step], f"{name}, step {step}"

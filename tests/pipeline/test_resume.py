@@ -56,6 +56,7 @@ def _fit(
     resume: bool = False,
     dynamic: bool = False,
     validate: bool = False,
+    stale: bool = False,
 ) -> tuple[int, str]:
     args = [
         sys.executable, "-m", "real_lightning.cli", "fit",
@@ -83,6 +84,9 @@ def _fit(
     ]  # fmt: skip
     if dynamic:
         args += ["--data.schedule.dynamic_sampling", "true", "--data.schedule.max_sampling_rounds", "2"]
+    if stale:  # a rollout producer process, S = 2 (fixed), one optimizer step per rollout batch: 8 batches
+        args += ["--data.schedule.max_staleness", "2", "--data.schedule.prompts_per_minibatch", "4"]
+        args += ["--data.schedule.ppo_epochs", "1", "--model.importance_sampling", "token"]
     if validate:  # every 2 steps, 2 batches of 2 held-out prompts
         args += ["--trainer.limit_val_batches", "2", "--trainer.val_check_interval", "2"]
         args += ["--data.validation.prompts_per_batch", "2"]
@@ -102,32 +106,38 @@ def _records(root: Path) -> dict[int, dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("dynamic", "stop"),
-    [(False, "sigkill"), (True, "sigkill"), (False, "sigterm"), (False, "sigterm-validation")],
-    ids=["plain", "dynamic-sampling", "sigterm", "sigterm-in-validation"],
+    ("dynamic", "stop", "stale"),
+    [
+        (False, "sigkill", False),
+        (True, "sigkill", False),
+        (False, "sigterm", False),
+        (False, "sigterm-validation", False),
+        (False, "sigkill", True),
+    ],
+    ids=["plain", "dynamic-sampling", "sigterm", "sigterm-in-validation", "async-staleness-2"],
 )
-def test_stop_then_resume_is_bit_identical(policy_dir, tmp_path, dynamic, stop) -> None:
+def test_stop_then_resume_is_bit_identical(policy_dir, tmp_path, dynamic, stop, stale) -> None:
     """SIGKILL after step KILL_AT (the checkpoint of step KILL_AT − 1 is the last), SIGTERM during step KILL_AT
     (the run finishes the step, writes last.ckpt at KILL_AT, exits 143 and says how to resume), or SIGTERM during
     the validation after step KILL_AT (abandoned after its first batch; the same checkpoint)."""
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     straight.mkdir(), broken.mkdir()
     validate = stop == "sigterm-validation"
-    assert _fit(policy_dir, straight, dynamic=dynamic, validate=validate)[0] == 0
-    code, output = _fit(policy_dir, broken, kill=stop, dynamic=dynamic, validate=validate)
+    assert _fit(policy_dir, straight, dynamic=dynamic, validate=validate, stale=stale)[0] == 0
+    code, output = _fit(policy_dir, broken, kill=stop, dynamic=dynamic, validate=validate, stale=stale)
     assert code == {"sigkill": -9, "sigterm": 143, "sigterm-validation": 143}[stop], output[-3000:]
     before_kill = _records(broken)
     assert max(before_kill) == KILL_AT and not (broken / "hf").exists()
     if stop.startswith("sigterm"):
         assert f"Stopped by SIGTERM after step {KILL_AT}" in output and "--ckpt_path last" in output, output[-3000:]
     (broken / "steps.jsonl").rename(broken / "steps_killed.jsonl")
-    assert _fit(policy_dir, broken, resume=True, dynamic=dynamic, validate=validate)[0] == 0
+    assert _fit(policy_dir, broken, resume=True, dynamic=dynamic, validate=validate, stale=stale)[0] == 0
     first_resumed = KILL_AT if stop == "sigkill" else KILL_AT + 1  # the step after the last checkpoint
 
     expected, resumed = _records(straight), _records(broken)
     assert sorted(expected) == list(range(1, MAX_STEPS + 1))
     assert sorted(resumed) == list(range(first_resumed, MAX_STEPS + 1))
-    assert resumed[first_resumed]["request"][0] == first_resumed - 1  # mid rollout batch 1 (steps 5-8)
+    assert resumed[first_resumed]["request"][0] == first_resumed - 1  # mid rollout batch 1 (steps 5-8), or batch 5
     for step in range(1, KILL_AT + 1):
         assert before_kill[step] == expected[step], f"step {step} before the kill"
     for step in range(first_resumed, MAX_STEPS + 1):
