@@ -71,6 +71,8 @@ def run_worker(
 ) -> None:
     """The worker's main loop (the target of the spawned process)."""
     _exit_with_parent(parent)
+    if torch.cuda.is_available():  # the rank's own GPU (the variable goes below)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     for name in _LAUNCH_VARIABLES:
         os.environ.pop(name, None)
     torch.set_num_threads(threads)
