@@ -25,3 +25,12 @@ def tolerance_reward(response: str, ground_truth: str, *, tolerance: float) -> f
 def tolerance_reward_from_row(response: str, ground_truth: str, **row: float) -> float:
     """:func:`tolerance_reward`, the field taken through ``**row``."""
     return tolerance_reward(response, ground_truth, tolerance=row["tolerance"])
+
+
+def slow_first_char_even(response: str, ground_truth: str) -> float:
+    """:func:`first_char_even` after 4 ms of sleep: a rollout producer that scores with it falls behind a fast
+    trainer (64 responses: about 0.25 s per rollout batch, less with parallel verifier workers)."""
+    import time
+
+    time.sleep(0.004)
+    return first_char_even(response, ground_truth)

@@ -15,12 +15,15 @@ class HealthState(Protocol):
     its thresholds and the history it keeps."""
 
     rollout: Mapping[str, float]  # the latest rollout batch's rollout/* and verifier/* values
+    idle: Mapping[str, float]  # with a rollout producer: the latest batch's waits and busy times
     rewards: list[tuple[int, float]]  # (step, rollout/reward_mean) per rollout batch
     entropy_start: list[float]
     contrast_floor: float
     truncation_ceiling: float
     entropy_collapse: float
     entropy_explosion: float
+    starved_fraction: float
+    producer_idle_fraction: float
     spike_window: int
 
 
@@ -98,6 +101,42 @@ def explain(
         else:
             cause = "the policy drifts towards random text: updates too large, or negatives' weights dominating"
             advice = "lower model.lr, keep trainer.gradient_clip_val, and read a few samples (RolloutSampleLogger)"
+    elif name in ("trainer_starved", "producer_idle"):
+        times = monitor.idle
+        wait, busy = times.get("time/wait_for_rollouts_s", math.nan), times.get("time/trainer_busy_s", math.nan)
+        idle, sampling = times.get("producer/idle_s", math.nan), times.get("time/rollout_s", math.nan)
+        latest = (
+            f"the latest rollout batch: the trainer waited {wait:.3g} s and trained {busy:.3g} s, the producer "
+            f"waited {idle:.3g} s and sampled {sampling:.3g} s"
+        )
+        if name == "trainer_starved":
+            what = (
+                f"trainer starved by its rollout producer ({span}): it waited for rollouts {value:.0%} of its time "
+                f"(mean over {count} steps ≥ {monitor.starved_fraction}; {latest})."
+            )
+            cause = (
+                "sampling a rollout batch takes longer than training on one, even with batches in flight: the "
+                "producer is the bottleneck, and a larger data.schedule.max_staleness only helps when its slowness "
+                "comes in bursts"
+            )
+            advice = (
+                "give the producer more of the machine (data.producer.threads; on GPUs a faster engine, "
+                "real_lightning.rollout.VLLMEngine), shorten responses (max_new_tokens), or train more per rollout "
+                "batch (data.schedule.prompts_per_minibatch, ppo_epochs)"
+            )
+        else:
+            what = (
+                f"rollout producer idle ({span}): it waited for the trainer's weights {value:.0%} of its time "
+                f"(mean over {count} steps ≥ {monitor.producer_idle_fraction}; {latest})."
+            )
+            cause = (
+                "sampling is much faster than training: the producer finishes the batches the staleness bound "
+                "allows and waits; rollouts are older than the speed needs"
+            )
+            advice = (
+                "lower data.schedule.max_staleness (with S ≥ 2, S = 1 keeps the same speed with fresher rollouts), "
+                "or move cores or GPUs from the producer (data.producer.threads) to the trainer"
+            )
     elif name == "reward_hacking":
         best_step, best = context["best"]
         what = (

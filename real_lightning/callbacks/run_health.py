@@ -33,10 +33,14 @@ from real_lightning.step.output import step_output
 
 log = logging.getLogger(__name__)
 
-SUSTAINED = ("no_learning_signal", "truncation", "entropy_collapse", "entropy_explosion")
+SUSTAINED = (
+    "no_learning_signal", "truncation", "entropy_collapse", "entropy_explosion", "trainer_starved", "producer_idle"
+)  # fmt: skip
 EVENTS = ("reward_hacking", "nonfinite_loss", "grad_norm_spike", "ppo_kl_spike", "mismatch_spike", "verifier_failures")
 FINDINGS = SUSTAINED + EVENTS
 _LOW = ("no_learning_signal", "entropy_collapse")  # findings whose value is worse when lower
+IDLE = ("time/wait_for_rollouts_s", "time/trainer_busy_s", "producer/idle_s", "time/rollout_s")
+"""What a rollout batch sampled by a producer reports of the trainer's and the producer's waits and busy times."""
 _PASS_AT_1 = re.compile(r"^val/(.+)/pass@1$")
 
 
@@ -75,6 +79,8 @@ _SUSTAINED_BOUNDS: dict[str, tuple[str, int]] = {
     "truncation": ("truncation_ceiling", 1),
     "entropy_collapse": ("entropy_collapse", -1),
     "entropy_explosion": ("entropy_explosion", 1),
+    "trainer_starved": ("starved_fraction", 1),
+    "producer_idle": ("producer_idle_fraction", 1),
 }
 
 
@@ -94,6 +100,12 @@ class RunHealthMonitor(WatchdogHooks):
       held a correct answer (``verifier/truncated_zeroed``, where ``truncated_is_wrong`` zeroed them);
     - ``entropy_collapse`` / ``entropy_explosion`` [train/entropy ÷ its mean over the first
       ``entropy_baseline_steps`` steps]: ≤ ``entropy_collapse`` / ≥ ``entropy_explosion``;
+    - ``trainer_starved`` [the trainer's idle share]: with a rollout producer (``data.schedule.max_staleness`` > 0),
+      ``time/wait_for_rollouts_s`` ÷ (that + ``time/trainer_busy_s``) ≥ ``starved_fraction`` — the trainer spends
+      that share of its time waiting for rollouts: sampling is the bottleneck even with batches in flight;
+    - ``producer_idle`` [the producer's idle share]: ``producer/idle_s`` ÷ (that + ``time/rollout_s``) ≥
+      ``producer_idle_fraction`` — the producer waits for the trainer's weights most of the time: sampling is so much
+      faster than training that S, or the split of the machine between them, is wrong;
     - ``reward_hacking`` [Pass@1 below its best] (event, at a validation): Pass@1 (``val/average`` or the only
       set) ≥ ``pass_drop`` below its best earlier value while the training reward (mean of the last
       ``reward_window`` rollout batches) rose ≥ ``reward_rise`` since that validation;
@@ -112,6 +124,8 @@ class RunHealthMonitor(WatchdogHooks):
         entropy_baseline_steps: first steps whose mean entropy is the reference (10).
         entropy_collapse: ``entropy_collapse`` bound, a fraction of the starting entropy (0.05).
         entropy_explosion: ``entropy_explosion`` bound, a multiple of the starting entropy (3.0).
+        starved_fraction: ``trainer_starved`` bound on the share of the trainer's time spent waiting for rollouts (0.5).
+        producer_idle_fraction: ``producer_idle`` bound on the share of the producer's time spent waiting (0.5).
         reward_window: rollout batches averaged for the training reward in ``reward_hacking`` (5).
         pass_drop: fall of Pass@1 below its best that counts for ``reward_hacking`` (0.05).
         reward_rise: rise of the training reward that counts for ``reward_hacking`` (0.05).
@@ -144,6 +158,8 @@ class RunHealthMonitor(WatchdogHooks):
         entropy_baseline_steps: int = 10,
         entropy_collapse: float = 0.05,
         entropy_explosion: float = 3.0,
+        starved_fraction: float = 0.5,
+        producer_idle_fraction: float = 0.5,
         reward_window: int = 5,
         pass_drop: float = 0.05,
         reward_rise: float = 0.05,
@@ -168,6 +184,7 @@ class RunHealthMonitor(WatchdogHooks):
         self.patience, self.contrast_floor, self.truncation_ceiling = patience, contrast_floor, truncation_ceiling
         self.entropy_baseline_steps = entropy_baseline_steps
         self.entropy_collapse, self.entropy_explosion = entropy_collapse, entropy_explosion
+        self.starved_fraction, self.producer_idle_fraction = starved_fraction, producer_idle_fraction
         self.reward_window, self.pass_drop, self.reward_rise = reward_window, pass_drop, reward_rise
         self.spike_factor, self.spike_window = spike_factor, spike_window
         self.ppo_kl_floor, self.mismatch_floor = ppo_kl_floor, mismatch_floor
@@ -190,6 +207,7 @@ class RunHealthMonitor(WatchdogHooks):
         self.entropy_start: list[float] = []
         self.windows: dict[str, list[float]] = {"grad_norm": [], "ppo_kl": [], "mismatch": []}
         self.rollout: dict[str, float] = {}  # the latest rollout batch's rollout/* and verifier/* values
+        self.idle: dict[str, float] = {}  # with a rollout producer, the latest batch's waits and busy times (IDLE)
         self.rewards: list[tuple[int, float]] = []  # (step, rollout/reward_mean) per rollout batch
         self.validations: list[tuple[int, float]] = []  # (step, Pass@1)
         self.skipped = 0
@@ -211,6 +229,7 @@ class RunHealthMonitor(WatchdogHooks):
         fresh = "rollout/reward_mean" in m  # the first step of a rollout batch
         if fresh:
             self.rollout = {k: v for k, v in m.items() if k.startswith(("rollout/", "verifier/"))}
+            self.idle = {k: m[k] for k in IDLE if k in m} if "time/wait_for_rollouts_s" in m else {}
             self.rewards.append((step, m["rollout/reward_mean"]))
         watched: dict[str, float] = {}  # this step's value of each sustained condition
         if m.get("train/contrast_fraction") is not None:
@@ -223,6 +242,7 @@ class RunHealthMonitor(WatchdogHooks):
                 self.entropy_start.append(entropy)
             elif (start := statistics.fmean(self.entropy_start)) > 1e-6:
                 watched["entropy_collapse"] = watched["entropy_explosion"] = entropy / start
+        watched |= _idle_shares(self.idle)
         for name, value in watched.items():
             started += self._sustain(name, step, value)
 
@@ -422,6 +442,7 @@ class RunHealthMonitor(WatchdogHooks):
             "entropy_start": list(self.entropy_start),
             "windows": {k: list(v) for k, v in self.windows.items()},
             "rollout": dict(self.rollout),
+            "idle": dict(self.idle),
             "rewards": [list(r) for r in self.rewards],
             "validations": [list(v) for v in self.validations],
             "skipped": self.skipped,
@@ -438,10 +459,24 @@ class RunHealthMonitor(WatchdogHooks):
         self.entropy_start = list(state_dict.get("entropy_start", []))
         self.windows |= {k: list(v) for k, v in state_dict.get("windows", {}).items()}
         self.rollout = dict(state_dict.get("rollout", {}))
+        self.idle = dict(state_dict.get("idle", {}))
         self.rewards = [(int(s), float(r)) for s, r in state_dict.get("rewards", [])]
         self.validations = [(int(s), float(p)) for s, p in state_dict.get("validations", [])]
         self.skipped = int(state_dict.get("skipped", 0))
         self.last_step = int(state_dict.get("last_step", 0))
+
+
+def _idle_shares(idle: Mapping[str, float]) -> dict[str, float]:
+    """The trainer's and the producer's idle shares over the latest rollout batch, where a producer reported them:
+    ``trainer_starved`` = wait ÷ (wait + busy), ``producer_idle`` = idle ÷ (idle + sampling)."""
+    shares = {}
+    for name, waiting, busy in (
+        ("trainer_starved", "time/wait_for_rollouts_s", "time/trainer_busy_s"),
+        ("producer_idle", "producer/idle_s", "time/rollout_s"),
+    ):
+        if waiting in idle and busy in idle and idle[waiting] + idle[busy] > 0:
+            shares[name] = idle[waiting] / (idle[waiting] + idle[busy])
+    return shares
 
 
 def _number(value: Any) -> float:

@@ -151,6 +151,7 @@ class RolloutCollector:
         ``schedule.max_staleness`` > 0 (the data module attaches it for fit; the producer package imports this
         module, not the reverse)."""
         self._restored_ahead: dict[int, RolloutBatch] = {}
+        self._received_at: float | None = None  # perf_counter when the trainer got its latest producer batch
 
     # --- training ahead of sampling (a producer) ------------------------------------------------------
 
@@ -168,8 +169,13 @@ class RolloutCollector:
 
     def receive_rollout_batch(self, request: RolloutRequest) -> RolloutBatch:
         """The producer's rollout batch of ``request``, which becomes the batch in flight. A batch older than the
-        staleness bound (never, by the producer's rule: the backstop) is dropped and counted, not trained on."""
+        staleness bound (never, by the producer's rule: the backstop) is dropped and counted, not trained on.
+
+        Its stats gain ``time/wait_for_rollouts_s`` (the trainer idle, waiting for it), ``rollout/stale_dropped``
+        and, from the second batch on, ``time/trainer_busy_s`` (seconds from receiving the previous batch to asking
+        for this one: training it)."""
         assert self.producer is not None
+        asked = time.perf_counter()
         batch, waited = self.producer.take(request.rollout_index)
         stale = batch.rollout_staleness > self.schedule.max_staleness
         if stale:
@@ -182,6 +188,9 @@ class RolloutCollector:
             )
             batch = batch.take_groups(torch.empty(0, dtype=torch.long))
         stats = {**batch.stats, "time/wait_for_rollouts_s": waited, "rollout/stale_dropped": float(stale)}
+        if self._received_at is not None:  # trainer idle share = wait / (wait + busy): run health reads it
+            stats["time/trainer_busy_s"] = asked - self._received_at
+        self._received_at = time.perf_counter()
         self._batch, self._rollout_index = replace(batch, stats=stats), request.rollout_index
         return self._batch
 

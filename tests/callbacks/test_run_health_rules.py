@@ -211,6 +211,44 @@ def test_verifier_failures() -> None:
     assert below.values["verifier_failures"] == 0.0  # the latest rollout batch (step 57) had none
 
 
+def with_producer(step: int, wait: float, busy: float, idle: float, sampling: float) -> dict[str, float]:
+    """A healthy step of a run with a rollout producer; its rollout batches report these seconds (the first one
+    has no ``time/trainer_busy_s``: nothing was trained before it)."""
+    values = healthy(step)
+    if "rollout/reward_mean" in values:
+        values |= {"time/wait_for_rollouts_s": wait, "producer/idle_s": idle, "time/rollout_s": sampling}
+        if step > 1:
+            values["time/trainer_busy_s"] = busy
+    return values
+
+
+def test_a_starved_trainer_and_an_idle_producer_are_sustained_findings(caplog) -> None:
+    balanced = RunHealthMonitor(patience=20)  # each waits a little: overlap working as meant
+    assert feed(balanced, range(1, 201), lambda s: with_producer(s, 0.1, 1.0, 0.2, 0.9)) == {}
+    assert balanced.values["trainer_starved"] == pytest.approx(0.1 / 1.1)
+    assert balanced.values["producer_idle"] == pytest.approx(0.2 / 1.1)
+
+    starved = RunHealthMonitor(patience=20)  # sampling 3 s, training 1 s: the trainer waits 2 of every 3 s
+    slow_after = lambda s: with_producer(s, *((2.0, 1.0, 0.0, 3.0) if s >= 100 else (0.1, 1.0, 0.1, 1.0)))  # noqa: E731
+    # the mean share of the last 20 steps passes 0.5 with 15 slow steps (101–115): (5 · 1/11 + 15 · 2/3) / 20 = 0.523
+    assert feed(starved, range(1, 201), slow_after) == {115: ["trainer_starved"]}
+    finding = starved.findings["trainer_starved"]
+    assert (finding.first_step, finding.last_step) == (96, 200)
+    assert (finding.value, finding.worst) == (pytest.approx(0.5227, abs=1e-4), pytest.approx(2 / 3))
+    assert "waited for rollouts 52% of its time" in finding.message
+    assert "the trainer waited 2 s and trained 1 s, the producer waited 0 s and sampled 3 s" in finding.message
+    assert "data.producer.threads" in finding.message
+
+    idle = RunHealthMonitor(patience=20)  # sampling 0.2 s, training 2 s
+    assert feed(idle, range(1, 101), lambda s: with_producer(s, 0.0, 2.0, 1.8, 0.2)) == {20: ["producer_idle"]}
+    assert "waited for the trainer's weights 90% of its time" in idle.findings["producer_idle"].message
+    assert "lower data.schedule.max_staleness" in idle.findings["producer_idle"].message
+
+    synchronous = RunHealthMonitor(patience=20)  # no producer: neither is watched
+    feed(synchronous, range(1, 101), healthy)
+    assert "trainer_starved" not in synchronous.values and "producer_idle" not in synchronous.values
+
+
 def test_state_round_trip_continues_the_stream_exactly() -> None:
     whole, first = RunHealthMonitor(patience=20), RunHealthMonitor(patience=20)
     expected = feed(whole, range(1, 301), dead_after)

@@ -4,9 +4,13 @@ S = 0 (today's run, bit for bit), and with the producer killed mid-run (the run 
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
+import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +18,10 @@ from lightning.pytorch import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from real_lightning.cli import main
+from real_lightning.logprobs.chunked import sequence_logprobs
+from real_lightning.rollout.batch import RolloutBatch
+from real_lightning.rollout.collector import RolloutCollector
+from real_lightning.rollout.hf import HFEngine
 from real_lightning.rollout.producer.slots import WeightSlots, layout
 from real_lightning.rollout.producer.versions import Published, choose_weights, slot_of
 
@@ -80,6 +88,67 @@ class KillProducerAtStep(Callback):
             os.kill(trainer.datamodule.collector.producer.process.pid, signal.SIGKILL)
 
 
+REFERENCES: dict[str, list[dict[str, Any]]] = {}
+"""What :class:`SampleAgainFromSnapshots` found, by its ``key``."""
+
+
+class SampleAgainFromSnapshots(Callback):
+    """The reference for ``fixed`` mode: keep the policy's weights at the start of every rollout batch and the batch
+    each one trained on; at the end of training, sample every batch r again *synchronously* — a plain ``HFEngine``
+    (shared weights, no producer, no snapshot slots) on a copy of the policy loaded with the weights kept at the start
+    of batch max(0, r − S) — and record both in ``REFERENCES[key]``."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.snapshots: dict[int, tuple[int, dict[str, torch.Tensor]]] = {}  # r → (its first step, weights)
+        self.requests: dict[int, Any] = {}
+        self.trained: dict[int, RolloutBatch] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch.minibatch_index == 0:
+            weights = {k: v.detach().clone() for k, v in pl_module.policy.state_dict().items()}
+            self.snapshots[batch.rollout_index] = (trainer.global_step, weights)
+            self.requests[batch.rollout_index] = batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch.minibatch_index == 0:
+            self.trained[batch.rollout_index] = trainer.datamodule.collector.rollouts(batch)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        collector = trainer.datamodule.collector
+        schedule = collector.schedule
+        policy = copy.deepcopy(pl_module.policy).eval()
+        engine = HFEngine(max_new_tokens=collector.engine.max_new_tokens, temperature=collector.engine.temperature)
+        engine.setup(policy, pl_module.tokenizer)
+        synchronous = RolloutCollector(
+            collector.prompts, engine, collector.scorer, replace(schedule, max_staleness=0), collector.order,
+            collector.seed,
+        )  # fmt: skip
+        found = REFERENCES[self.key] = []
+        for r, trained in sorted(self.trained.items()):
+            version, weights = self.snapshots[max(0, r - schedule.max_staleness)]
+            policy.load_state_dict(weights)
+            engine.update_weights([], version)
+            again = synchronous.collect(self.requests[r])
+            with torch.no_grad():
+                logprobs, _ = sequence_logprobs(
+                    policy, trained.input_ids, trained.attention_mask, trained.prompt_length,
+                    temperature=trained.temperature,
+                )  # fmt: skip
+            found.append({"r": r, "version": version, "trained": trained, "again": again, "logprobs": logprobs})
+
+
+class SleepEveryThirdStep(Callback):
+    """The trainer pauses ``seconds`` before every third step: its producer runs ahead meanwhile."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step % 3 == 2:
+            time.sleep(self.seconds)
+
+
 def _fit(root: Path, *extra: str, steps: int = 6) -> dict[str, list[float]]:
     main(
         [
@@ -129,6 +198,85 @@ def test_a_worker_process_and_inline_give_the_same_run_and_log_the_staleness(syn
         inline = _fit(tmp_path / "inline", *options, "--data.producer.placement", "inline")
         for tag in ("train/loss", "rollout/reward_mean", "train/grad_norm", "rollout/staleness_max"):
             assert inline[tag] == process[tag], tag
+
+
+@pytest.mark.parametrize("staleness", [1, 2])
+def test_fixed_mode_trains_batch_r_on_what_the_weights_of_batch_r_minus_s_sample_synchronously(
+    tmp_path, staleness
+) -> None:
+    key = f"fixed-{staleness}"
+    callback = f"{{class_path: {__name__}.SampleAgainFromSnapshots, init_args: {{key: {key}}}}}"
+    _fit(
+        tmp_path,
+        "--data.schedule.max_staleness", str(staleness),
+        "--data.schedule.prompts_per_minibatch", "4",  # two optimizer steps per rollout batch: versions 0, 2, 4, ...
+        "--trainer.callbacks+", callback,
+        steps=10,
+    )  # fmt: skip
+    found = REFERENCES.pop(key)
+    assert [f["r"] for f in found] == [0, 1, 2, 3, 4]
+    assert [f["version"] for f in found] == [2 * max(0, r - staleness) for r in range(5)]
+    for f in found:
+        trained, again = f["trained"], f["again"]
+        assert trained.policy_version == f["version"], f["r"]
+        assert trained.rollout_staleness == f["r"] - max(0, f["r"] - staleness)
+        for field in ("input_ids", "attention_mask", "response_mask", "rewards", "group_ids", "prompt_ids"):
+            assert torch.equal(getattr(trained, field), getattr(again, field)), (f["r"], field)
+        # the producer's behaviour log-probs are those of the weights of batch r − S (its own copy of them)
+        mask = trained.response_mask
+        torch.testing.assert_close(trained.behaviour_logprobs[mask], f["logprobs"][mask], rtol=0, atol=1e-5)
+    # the weights moved between the snapshots (the check above could not pass with a stale copy by accident)
+    assert not torch.equal(found[-1]["trained"].input_ids, found[-1 - staleness]["again"].input_ids)
+
+
+def test_bounded_mode_never_trains_on_older_weights_whatever_the_timing(tmp_path) -> None:
+    """A slowed producer (4 ms per reward) and a trainer that pauses every third step: the producer runs ahead, then
+    falls behind; batches are still never sampled more than S = 2 rollout batches ago."""
+    scalars = _fit(
+        tmp_path,
+        "--data.schedule.max_staleness", "2",
+        "--data.schedule.staleness_mode", "bounded",
+        "--data.verifier.reward", "tests.rewards_for_tests:slow_first_char_even",
+        "--data.verifier.workers", "1",
+        "--data.verifier.truncated_is_wrong", "false",
+        "--trainer.callbacks+", f"{{class_path: {__name__}.SleepEveryThirdStep, init_args: {{seconds: 1.0}}}}",
+        steps=12,
+    )  # fmt: skip
+    staleness = scalars["rollout/staleness_batches_max"]
+    assert len(staleness) == 12 and staleness[0] == 0 and max(staleness) <= 2, staleness
+    assert {1.0, 2.0} <= set(staleness[1:]), staleness  # both regimes happened: behind (1) and ahead (2)
+    assert max(scalars["rollout/staleness_max"]) <= 2  # one optimizer step per rollout batch here
+    assert scalars["rollout/stale_dropped"] == [0.0] * 12
+    assert max(scalars["time/wait_for_rollouts_s"]) > 0.05  # the trainer did wait for the slowed producer
+
+
+class _ProducerOf(list):
+    """A stand-in producer that hands out the batches it holds."""
+
+    def take(self, index: int) -> tuple[RolloutBatch, float]:
+        return self.pop(0), 0.25
+
+
+def test_the_backstop_drops_a_batch_older_than_the_bound_and_counts_it() -> None:
+    from real_lightning.rollout.requests import RolloutRequest
+    from real_lightning.rollout.schedule import RolloutSchedule
+
+    def batch(staleness: int) -> RolloutBatch:
+        return RolloutBatch(
+            input_ids=torch.ones(4, 3, dtype=torch.long), attention_mask=torch.ones(4, 3, dtype=torch.long),
+            response_mask=torch.ones(4, 1, dtype=torch.bool), prompt_length=2, rewards=torch.tensor([0.0, 1, 0, 1]),
+            group_ids=torch.tensor([0, 0, 1, 1]), prompt_ids=torch.tensor([5, 5, 6, 6]),
+            truncated=torch.zeros(4, dtype=torch.bool), temperature=1.0, rollout_staleness=staleness,
+        )  # fmt: skip
+
+    schedule = RolloutSchedule(prompts_per_rollout=2, rollouts_per_prompt=2, max_staleness=1)
+    collector = RolloutCollector([], None, None, schedule, None)
+    collector.attach_producer(_ProducerOf([batch(1), batch(2)]))
+    request = RolloutRequest(step=0, rollout_index=0, minibatch_index=0, prompt_indices=(0, 1), seed=0)
+    kept = collector.receive_rollout_batch(request)
+    assert len(kept) == 4 and kept.stats == {"time/wait_for_rollouts_s": 0.25, "rollout/stale_dropped": 0.0}
+    dropped = collector.receive_rollout_batch(request._replace(rollout_index=1))
+    assert len(dropped) == 0 and dropped.stats["rollout/stale_dropped"] == 1.0
 
 
 def test_a_killed_producer_stops_the_run_naming_it(tmp_path) -> None:
