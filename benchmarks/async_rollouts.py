@@ -26,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -51,7 +52,8 @@ class Mode:
 
     @property
     def split(self) -> str:
-        return f"{self.trainer_threads}" if self.max_staleness == 0 else f"{self.trainer_threads}+{self.producer_threads}"
+        """The threads: the trainer's, then ``+`` the producer's (when there is one)."""
+        return f"{self.trainer_threads}" + (f"+{self.producer_threads}" if self.max_staleness else "")
 
     def overrides(self) -> list[str]:
         if self.max_staleness == 0:
@@ -140,7 +142,7 @@ def _worker_fit(args: argparse.Namespace) -> dict:
     ])  # fmt: skip
     scalars = _read_scalars(work / "tb")
     starts, ends = StepClock.starts, StepClock.ends
-    walls = [b - a for a, b in zip(starts, starts[1:], strict=False)] + [ends[-1] - starts[-1]]
+    walls = [b - a for a, b in itertools.pairwise(starts)] + [ends[-1] - starts[-1]]
     out = {"mode": asdict(mode), "seed": args.seed, "step_wall_s": walls, "train_wall_s": ends[-1] - starts[0]}
     for tag in ("time/wait_for_rollouts_s", "time/trainer_busy_s", "producer/idle_s", "time/rollout_s",
                 "time/generation_s", "time/update_s", "rollout/staleness_batches_max"):  # fmt: skip
@@ -222,8 +224,7 @@ def speed_table(results: list[dict], skip: int) -> str:
         sampling = r["time/rollout_s"][skip:]
         rows.append(
             f"| {mode['name']} | {mode['max_staleness']}, {mode['staleness_mode'] if mode['max_staleness'] else '—'} "
-            f"| {mode['trainer_threads']}" + (f"+{mode['producer_threads']}" if mode["max_staleness"] else "")
-            + f" | {step:.1f} | {step / sync:.2f}× | {idle_share} | "
+            f"| {Mode(**mode).split} | {step:.1f} | {step / sync:.2f}× | {idle_share} | "
             + (f"{_median(producer):.1f}" if producer else "—")
             + f" | {_median(sampling):.1f} | {max(r['rollout/staleness_batches_max'] or [0]):.0f} |"
         )
@@ -250,7 +251,7 @@ def accuracy_table(results: list[dict], target: float) -> str:
         t = reach(r)
         at_step = next((st for (st, s, _), p in zip(r["saves"], r["pass@1"], strict=True) if p >= target), None)
         within = [p for (_, s, _), p in zip(r["saves"], r["pass@1"], strict=True) if s <= budget]
-        split = f"{mode['trainer_threads']}" + (f"+{mode['producer_threads']}" if mode["max_staleness"] else "")
+        split = Mode(**mode).split
         rows.append(
             f"| {mode['name']} | {split} | {r['seed']} | "
             + (f"{t:.0f} ({at_step})" if at_step is not None else "not reached")
@@ -261,7 +262,9 @@ def accuracy_table(results: list[dict], target: float) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("measure", choices=["speed", "accuracy"])
     p.add_argument("--modes", nargs="+", choices=sorted(MODES), default=None,
                    help="speed: sync fixed-1 bounded-2 fixed-1-2+1; accuracy: sync fixed-1 fixed-2")  # fmt: skip
