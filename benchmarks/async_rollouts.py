@@ -21,6 +21,10 @@ Usage::
     python -m benchmarks.async_rollouts speed                   # long workload: sync, fixed-1, bounded-2 (~20 min)
     python -m benchmarks.async_rollouts accuracy --seeds 0 1 2  # quickstart: sync, fixed-1, fixed-2 (~60 min)
     python -m benchmarks.async_rollouts speed --smoke --steps 3 # tiny sizes (tests)
+    python -m benchmarks.async_rollouts tables --json speed.json # the tables of an earlier run again
+
+``speed`` also prints a *model* of the same step on an 8-GPU node from the measured phases
+(:func:`gpu_node_model`: generation on separate GPUs against colocated), labelled as such.
 """
 
 from __future__ import annotations
@@ -261,11 +265,49 @@ def accuracy_table(results: list[dict], target: float) -> str:
     return "\n".join(rows)
 
 
+def gpu_node_model(results: list[dict], skip: int, gpus: int = 8) -> str:
+    """Markdown: a *model* (not a measurement) of one step on a node of ``gpus`` GPUs, from the measured phases.
+
+    Measured here (medians after ``skip``): G = the synchronous run's rollout phase, U = its update, and P = the
+    π_old pass a stale batch adds (the asynchronous ``fixed-1`` trainer's busy time minus its update, scaled by
+    U_sync / U_async to the synchronous threads). Assumed: each phase's time scales as 1/GPUs; decoding on k of
+    the node's GPUs is ``b`` times as efficient per GPU as on all of them (memory-bound decode holds gpus/k times
+    more sequences per GPU: b = 1 none, 2 typical at small batches); ``tail`` = how much longer the synchronous
+    rollout phase is than its busy part (the longest response gates the step; the producer keeps the engine fed).
+    Colocated synchronous: t = tail·G + U. Split (k GPUs sample in servers, gpus − k train, S ≥ 1):
+    t = max(gpus·G / (k·b), gpus·(U + P) / (gpus − k)), P = 0 with ``old_logprobs: engine``; best k shown.
+    """
+    sync = next(r for r in results if r["mode"]["max_staleness"] == 0)
+    stale = next((r for r in results if r["mode"]["name"] == "fixed-1"), None)
+    g, u = _median(sync["time/rollout_s"][skip:]), _median(sync["time/update_s"][skip:])
+    p = 0.0
+    if stale is not None:
+        busy, update = _median(stale["time/trainer_busy_s"][skip:]), _median(stale["time/update_s"][skip:])
+        p = max(0.0, busy - update) * u / update
+    rows = [
+        f"Measured (s): G = {g:.1f}, U = {u:.1f}, P = {p:.1f}. A model, not a measurement:",
+        "",
+        "| decode gain b | tail | π_old | colocated sync t | best split (k sample + rest train) | t | sync / split |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for b in (1.0, 2.0):
+        for tail in (1.0, 2.0):
+            for name, extra in (("trainer (recomputed)", p), ("engine", 0.0)):
+                colocated = tail * g + u
+                split = {k: max(gpus * g / (k * b), gpus * (u + extra) / (gpus - k)) for k in range(1, gpus)}
+                k = min(split, key=split.get)
+                rows.append(
+                    f"| {b:g} | {tail:g} | {name} | {colocated:.1f} | {k} + {gpus - k} | {split[k]:.1f} | "
+                    f"{colocated / split[k]:.2f}× |"
+                )
+    return "\n".join(rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("measure", choices=["speed", "accuracy"])
+    p.add_argument("measure", choices=["speed", "accuracy", "tables"])
     p.add_argument("--modes", nargs="+", choices=sorted(MODES), default=None,
                    help="speed: sync fixed-1 bounded-2 fixed-1-2+1; accuracy: sync fixed-1 fixed-2")  # fmt: skip
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seed_everything and data.seed of each run")
@@ -286,6 +328,13 @@ def main() -> None:
     if args.worker:
         Path(args.out).write_text(json.dumps(_worker_fit(args)))
         return
+    if args.measure == "tables":  # print the tables of an earlier run's --json again
+        results = json.loads(args.json.read_text())
+        if "saves" in results[0]:
+            print(accuracy_table(results, args.target))
+        else:
+            print(speed_table(results, args.skip) + "\n\n" + gpu_node_model(results, args.skip))
+        return
     modes = args.modes or (
         ["sync", "fixed-1", "bounded-2", "fixed-1-2+1"] if args.measure == "speed" else ["sync", "fixed-1", "fixed-2"]
     )
@@ -299,7 +348,12 @@ def main() -> None:
                   flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    print(speed_table(results, args.skip) if args.measure == "speed" else accuracy_table(results, args.target))
+    if args.measure == "speed":
+        print(speed_table(results, args.skip))
+        if any(r["mode"]["name"] == "fixed-1" for r in results):
+            print("\n" + gpu_node_model(results, args.skip))
+    else:
+        print(accuracy_table(results, args.target))
 
 
 if __name__ == "__main__":
