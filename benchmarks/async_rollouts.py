@@ -60,9 +60,12 @@ class Mode:
         return f"{self.trainer_threads}" + (f"+{self.producer_threads}" if self.max_staleness else "")
 
     def overrides(self) -> list[str]:
+        """The CLI options of this mode: ``configs/async.yaml`` (as users turn it on: a worker process, truncated
+        importance sampling per token) with this S, staleness mode and producer threads."""
         if self.max_staleness == 0:
             return []
         return [
+            "-c", str(REPO / "configs" / "async.yaml"),
             "--data.schedule.max_staleness", str(self.max_staleness),
             "--data.schedule.staleness_mode", self.staleness_mode,
             "--data.producer.threads", str(self.producer_threads),
@@ -132,6 +135,7 @@ def _worker_fit(args: argparse.Namespace) -> dict:
         "-c", str(CONFIG),
         *extra,
         *mode.overrides(),
+        *json.loads(args.overrides_json),
         "--trainer.max_steps", str(args.steps),
         "--validate_before_fit", "false",
         "--trainer.limit_val_batches", "0",
@@ -186,9 +190,28 @@ def _run(args: argparse.Namespace, mode: str, seed: int, log_path: Path) -> dict
     """One fit in a fresh subprocess; adds ``foreign_cpu_s`` (CPU seconds other processes used meanwhile)."""
     with tempfile.TemporaryDirectory(prefix=f"async_{mode}_") as work:
         out = Path(work) / "result.json"
-        cmd = [sys.executable, "-m", "benchmarks.async_rollouts", args.measure, "--worker", "--mode", mode,
-               "--seed", str(seed), "--steps", str(args.steps), "--every", str(args.every), "--workdir", work,
-               "--out", str(out)] + (["--smoke"] if args.smoke else [])  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.async_rollouts",
+            args.measure,
+            "--worker",
+            "--mode",
+            mode,
+            "--seed",
+            str(seed),
+            "--steps",
+            str(args.steps),
+            "--every",
+            str(args.every),
+            "--workdir",
+            work,
+            "--out",
+            str(out),
+            "--overrides-json",
+            json.dumps(args.overrides),
+        ]
+        cmd += ["--smoke"] if args.smoke else []  # fmt: skip
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         busy0, own0, wall0 = _busy_cpu_s(), _children_cpu_s(), time.perf_counter()
@@ -316,6 +339,11 @@ def main() -> None:
     p.add_argument("--every", type=int, default=25, help="accuracy: save and evaluate the policy every this many steps")
     p.add_argument("--target", type=float, default=0.7, help="accuracy: the held-out Pass@1 to reach")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (tests)")
+    p.add_argument(
+        "--overrides", nargs=argparse.REMAINDER, default=[],
+        help="CLI options for every run, after the mode's (last on the line: --overrides --model.lr 1e-4 ...)",
+    )  # fmt: skip
+    p.add_argument("--overrides-json", default="[]", help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, default=None, help="also write every measurement to this file")
     p.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "async_rollouts_workers.log")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

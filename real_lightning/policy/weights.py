@@ -8,7 +8,7 @@ one full tensor is alive at a time. An adapted policy (LoRA) will yield its merg
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from torch import Tensor, nn
 
@@ -19,3 +19,12 @@ def named_full_weights(policy: nn.Module) -> Iterator[tuple[str, Tensor]]:
     for name, param in policy.named_parameters():
         full = param.full_tensor() if hasattr(param, "full_tensor") else param
         yield name, full.detach()
+
+
+def with_tied_head(named_tensors: Iterable[tuple[str, Tensor]]) -> Iterator[tuple[str, Tensor]]:
+    """The pairs, plus the input embedding again as ``lm_head.weight``: with tied embeddings the trainer has one
+    parameter, while a vLLM model may keep its own copy of the output head (it does on CPU)."""
+    for name, tensor in named_tensors:
+        yield name, tensor
+        if name.endswith("embed_tokens.weight"):
+            yield name.replace("model.embed_tokens.weight", "lm_head.weight"), tensor

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from real_lightning.policy.weights import with_tied_head
 from real_lightning.rollout.engine import Generation, SamplingOptions, engine_sampling
 from real_lightning.rollout.requests import derive_seed
 
@@ -181,7 +182,7 @@ class VLLMEngine:
         llm = self._require()
         self.wake_up()
         start = time.perf_counter()
-        weights = _with_tied_head(named_tensors) if self._tied_embeddings else named_tensors
+        weights = with_tied_head(named_tensors) if self._tied_embeddings else named_tensors
 
         def load(worker: Any) -> None:
             # vLLM's parameters may be inference tensors (made under Lightning's validation inference_mode)
@@ -247,12 +248,3 @@ def _sampled_logprobs(flat: Any, tokens: list[int]) -> list[float]:
     if flat is None or list(flat.token_ids) != tokens:
         raise RuntimeError("vLLM returned no log-prob entry for some sampled tokens (needs logprobs=0, flat)")
     return list(flat.logprobs)
-
-
-def _with_tied_head(named_tensors: Iterable[tuple[str, Tensor]]) -> Iterable[tuple[str, Tensor]]:
-    """Also send the input embedding as ``lm_head.weight``: with tied embeddings the trainer has one
-    parameter, while vLLM's model may keep its own copy of the output head (it does on CPU)."""
-    for name, tensor in named_tensors:
-        yield name, tensor
-        if name.endswith("embed_tokens.weight"):
-            yield name.replace("model.embed_tokens.weight", "lm_head.weight"), tensor
