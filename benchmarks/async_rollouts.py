@@ -374,8 +374,8 @@ def main() -> None:
             r = results[-1]
             print(f"  {r['train_wall_s']:.1f} s of training, other processes {r.get('foreign_cpu_s', 0):.1f} CPU-s",
                   flush=True)  # fmt: skip
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+            if args.json:  # after every run: an interrupted benchmark keeps what it measured
+                args.json.write_text(json.dumps(results, indent=1))
     if args.measure == "speed":
         print(speed_table(results, args.skip))
         if any(r["mode"]["name"] == "fixed-1" for r in results):
