@@ -25,6 +25,7 @@ QUICKSTART = ["quickstart.yaml"]
 REPLICATION = ["replication.yaml"]
 PAPER = ["paper/real_r1_distill_qwen_1.5b.yaml"]
 VLLM = [*QUICKSTART, "vllm.yaml"]  # run by `tox -e vllm` (tests/pipeline/test_fsdp_vllm.py)
+VLLM_SERVER = [*QUICKSTART, "vllm_server.yaml"]  # `tox -e vllm`, local servers (tests/rollout/test_vllm_server.py)
 EVAL = ["paper/eval.yaml"]  # `real-lightning validate`
 
 # (id, the -c chain, whether the chain shards with FSDP2)
@@ -67,7 +68,8 @@ def shrink_overlay(chain: list[str], root: Path, extra_callbacks: list[dict] = (
     """The overlay that makes ``chain`` a ``2 × PERIOD``-step CPU run writing under ``root``.
 
     The engine becomes the HF engine, unless ``keep_vllm`` and the chain samples with vLLM: then it stays a
-    ``VLLMEngine`` (on the CPU: float32, eager, short responses)."""
+    ``VLLMEngine`` (on the CPU: float32, eager, short responses) or a ``VLLMServerEngine`` (short responses; the
+    servers' URLs come on the command line)."""
     config = composed(chain)
     callbacks = []
     for callback in config.get("trainer", {}).get("callbacks", []):
@@ -115,6 +117,7 @@ def shrink_overlay(chain: list[str], root: Path, extra_callbacks: list[dict] = (
 
 
 VLLM_ENGINE = "real_lightning.rollout.vllm.VLLMEngine"
+SERVER_ENGINE = "real_lightning.rollout.server.VLLMServerEngine"
 
 
 def uses_vllm(chain: list[str]) -> bool:
@@ -125,6 +128,9 @@ def _small_engine(engine: dict[str, Any], sampling: dict[str, Any], keep_vllm: b
     if keep_vllm and engine.get("class_path") == VLLM_ENGINE:
         options = {"max_new_tokens": 8, "dtype": "float32", "enforce_eager": True, "max_model_len": 64}
         return {"class_path": VLLM_ENGINE, "init_args": {**sampling, **options}}
+    if keep_vllm and engine.get("class_path") == SERVER_ENGINE:
+        options = {k: v for k, v in engine["init_args"].items() if k not in ("max_new_tokens", "urls")}
+        return {"class_path": SERVER_ENGINE, "init_args": {**options, "max_new_tokens": 8}}
     return {"class_path": "real_lightning.rollout.HFEngine", "init_args": {"max_new_tokens": 8, **sampling}}
 
 
