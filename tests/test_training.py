@@ -150,7 +150,7 @@ def test_unknown_names_list_the_valid_ones(policy_dir) -> None:
         RealPolicyModule(pretrained=policy_dir, loss="ppo")
     with pytest.raises(ValueError, match="loss 'real' has no hyper-parameter 'clip_low'; valid: tau"):
         RealPolicyModule(pretrained=policy_dir, loss="real", loss_kwargs={"clip_low": 0.2})
-    with pytest.raises(KeyError, match="unknown reward function 'maths'; valid names: math"):
+    with pytest.raises(KeyError, match="unknown reward function 'maths'; valid names: countdown, math"):
         RolloutDataModule(train=DatasetSpec(source="builtin:arithmetic"), verifier=VerifierConfig(reward="maths"))
     with pytest.raises(ValueError, match=r"schedule.prompts_per_minibatch must be in"):
         make_datamodule(prompts_per_minibatch=9)

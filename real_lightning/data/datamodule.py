@@ -19,9 +19,9 @@ from real_lightning.data.prompts import (
     tokenize_prompts,
     warn_past_positions,
 )
-from real_lightning.data.sources import DatasetSpec, load_dataset_spec
+from real_lightning.data.sources import BUILTIN_REWARDS, DatasetSpec, load_dataset_spec
 from real_lightning.policy.loading import load_tokenizer
-from real_lightning.rewards.registry import check_reward_fields
+from real_lightning.rewards.registry import REWARD_FUNCTIONS, check_reward_fields
 from real_lightning.rollout.collector import RolloutCollector
 from real_lightning.rollout.engine import RolloutEngine, check_training_temperature
 from real_lightning.rollout.hf import HFEngine
@@ -105,6 +105,7 @@ class RolloutDataModule(LightningDataModule):
                     f"function, got {spec.reward_fields}"
                 )
             check_reward_fields(self.scorer.reward_fn, spec.reward_fields, f"{option}.reward_fields")
+            _check_builtin_reward(option, spec, verifier.reward, self.scorer.reward_fn)
         self.seed = seed
         # logged next to the module's hyper-parameters (and saved in checkpoints): how rollouts are scored,
         # sampled and batched, e.g. which grader a run used
@@ -270,3 +271,16 @@ def _loader(requests: object) -> DataLoader:
 
 def _identity(item: object) -> object:
     return item
+
+
+def _check_builtin_reward(option: str, spec: DatasetSpec, reward: str, reward_fn: Any) -> None:
+    """Refuse a registered reward that is not the one grading the built-in task of ``spec`` (``math`` would score
+    every countdown response 0). A reward of your own (``module:function``) is yours to choose."""
+    task = spec.source.removeprefix("builtin:")
+    expected = BUILTIN_REWARDS.get(task) if spec.source.startswith("builtin:") else None
+    registered = [name for name in REWARD_FUNCTIONS if REWARD_FUNCTIONS[name] is reward_fn]
+    if expected is not None and registered and expected not in registered:
+        raise ValueError(
+            f"{option}: the built-in task {spec.source} is graded by the {expected!r} reward, but "
+            f"data.verifier.reward is {reward!r}; set data.verifier.reward: {expected}"
+        )

@@ -28,12 +28,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from real_lightning.data.arithmetic import ArithmeticTask
+from real_lightning.data.countdown import CountdownTask
 from real_lightning.data.records import GroundTruth, PromptRecord
 from real_lightning.utils.registry import Registry
 
 log = logging.getLogger(__name__)
 
-BUILTIN_TASKS: Registry[type[ArithmeticTask]] = Registry("built-in task", {"arithmetic": ArithmeticTask})
+BUILTIN_TASKS: Registry[type[ArithmeticTask | CountdownTask]] = Registry(
+    "built-in task", {"arithmetic": ArithmeticTask, "countdown": CountdownTask}
+)
+BUILTIN_REWARDS = {"arithmetic": "math", "countdown": "countdown"}
+"""The registered reward (``data.verifier.reward``) that grades each built-in task."""
 FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
 SCHEMAS = {"verl": ("prompt", "reward_model.ground_truth"), "plain": ("problem", "answer")}
 
@@ -43,8 +48,8 @@ class DatasetSpec:
     """Where a dataset comes from and how to read it.
 
     Args:
-        source: ``builtin:arithmetic``; a local ``.parquet`` / ``.jsonl`` / ``.json`` file; a Hugging
-            Face dataset name (needs the network or a local cache) or a local dataset directory.
+        source: ``builtin:arithmetic`` or ``builtin:countdown``; a local ``.parquet`` / ``.jsonl`` / ``.json``
+            file; a Hugging Face dataset name (needs the network or a local cache) or a local dataset directory.
         split: split of a built-in task (``train``/``test``) or of a hub dataset.
         prompt_field: column holding the prompt (default: ``prompt`` for verl rows, ``problem`` for plain).
         answer_field: column holding the ground truth, dotted for nested fields (default:

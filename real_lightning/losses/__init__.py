@@ -16,7 +16,7 @@ from an engine whose sampling distribution differs from π_old (vLLM): they mult
 correction, bit-identical to omitting them).
 
 Each registered loss also has a typed class in :mod:`real_lightning.losses.specs` (:class:`REAL`,
-:class:`REALBCE`, :class:`REALProduct`, :class:`GRPO`, :class:`DAPO`, :class:`GSPO`) whose constructor
+:class:`REALBCE`, :class:`REALProduct`, :class:`REALS0`, :class:`GRPO`, :class:`DAPO`, :class:`GSPO`) whose constructor
 arguments are its hyper-parameters, checked when it is built. :func:`resolve_loss` turns what ``model.loss``
 accepts — a name (with ``model.loss_kwargs``), a typed loss (``class_path``/``init_args``) or a
 ``"package.module:function"`` path to a loss of your own — into the function to call and its arguments.
@@ -55,6 +55,7 @@ from real_lightning.losses.real import (
     real_loss,
     real_product_gradient_weights,
     real_product_loss,
+    real_s0_loss,
 )
 from real_lightning.losses.specs import (
     DAPO,
@@ -64,6 +65,7 @@ from real_lightning.losses.specs import (
     LOSS_SPECS,
     REAL,
     REALBCE,
+    REALS0,
     LossSpec,
     REALProduct,
     check_options,
@@ -95,6 +97,7 @@ LOSSES: Registry[LossFn] = Registry(
         "real": real_loss,
         "real_bce": real_bce_loss,
         "real_product": real_product_loss,
+        "real_s0": real_s0_loss,
         "grpo": grpo_loss,
         "dapo": dapo_loss,
         "gspo": gspo_loss,
@@ -256,6 +259,7 @@ __all__ = [
     "LOSS_SPECS",
     "REAL",
     "REALBCE",
+    "REALS0",
     "BatchCounts",
     "LossFn",
     "LossOutput",
@@ -276,5 +280,6 @@ __all__ = [
     "real_loss",
     "real_product_gradient_weights",
     "real_product_loss",
+    "real_s0_loss",
     "resolve_loss",
 ]

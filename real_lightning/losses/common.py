@@ -41,7 +41,9 @@ class LossOutput:
             - ``low_var_kl`` []: token mean of the k3 estimator exp(d) − d − 1, d = log π_old − log π_θ.
 
             Clipped losses add ``clip_fraction`` (and ``_high`` / ``_low``), the share of tokens
-            (sequences for GSPO) whose gradient the clip removes, and ``advantages`` [B].
+            (sequences for GSPO) whose gradient the clip removes, ``advantages`` [B] and ``clip_high_tokens``
+            [B], each rollout's tokens clipped above (positive advantage, ratio > 1 + ε_high); with
+            ``dual_clip`` (grpo, dapo) also ``clip_fraction_dual``, included in ``clip_fraction``.
             With ``importance_weights`` every loss adds ``importance_weight_mean`` [], the mean weight
             over the response tokens (a [B] weight counts once per token of its row), and
             ``grad_weights`` (so ``weight_abs_mean_pos`` / ``_neg``) include the weights (see

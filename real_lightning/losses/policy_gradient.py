@@ -16,6 +16,11 @@ gspo   per sequence, exp(s_i)   3e-4, 4e-4         mean over sequences
 "The batch" is the optimizer step: with ``counts=`` (:class:`~real_lightning.losses.common.BatchCounts`)
 a micro-batch divides by the step's sequences (grpo, gspo) or tokens (dapo).
 
+Dual-clip (``dual_clip=c``, grpo and dapo; Ye et al. 2020, verl's ``clip_ratio_c``): for a negative advantage
+the objective is also bounded below, max(min(ρA, clip(ρ)A), c·A), so a token whose ratio has grown past c > 1
+(the policy now favours a token it was told to avoid, typical of stale data) contributes the constant c·A and
+no gradient, instead of a weight that grows with ρ without bound.
+
 Truncated importance sampling (``importance_weights=``, see :func:`~real_lightning.losses.common.prepare`)
 multiplies each token's gradient by its weight w_t: −w_t·A_i·ρ_t times the aggregation's factor where
 the clip is inactive, 0 where it is active (GSPO: −A_i·ρ_i·w_t/|o_i|); the loss value is unchanged.
@@ -75,6 +80,7 @@ class _PGTerms:
     active_ratio_sum: Tensor  # [B] detached, Σ over unclipped response tokens (or the sequence) of w·ρ (w: TIS, else 1)
     clip_high: Tensor  # [B] count of tokens (sequences: 0/1) clipped above, A > 0 and ρ > 1 + ε_high
     clip_low: Tensor  # [B] count of tokens (sequences: 0/1) clipped below, A < 0 and ρ < 1 − ε_low
+    clip_dual: Tensor | None = None  # [B] count of tokens clipped by the dual clip, A < 0 and ρ > c; None: off
 
 
 def clip_masks(ratio: Tensor, advantages: Tensor, clip_low: float, clip_high: float) -> tuple[Tensor, Tensor]:
@@ -95,6 +101,7 @@ def _terms(
     clip_high: float,
     adv: Tensor,
     log_ratio_clamp: float | None = None,
+    dual_clip: float | None = None,
 ) -> _PGTerms:
     if variant == "gspo":
         scores = batch.scores if log_ratio_clamp is None else batch.scores.clamp(max=log_ratio_clamp)
@@ -110,14 +117,22 @@ def _terms(
         return _PGTerms(value, active_ratio, high.to(value.dtype), low.to(value.dtype))
     ratio = torch.exp(batch.log_ratio)  # [B, T]; exactly 1 outside the mask, where no clip can be active
     high, low = clip_masks(ratio.detach(), adv[:, None], clip_low, clip_high)
-    active = (high | low).logical_not_().logical_and_(batch.mask)
+    clipped = high | low
+    dual = n_dual = None
+    if dual_clip is not None:  # A < 0 and ρ > c: the constant c·A (ρ > c > 1 is never clipped low)
+        dual = (ratio.detach() > dual_clip).logical_and_(adv[:, None] < 0).logical_and_(batch.mask)
+        clipped = clipped | dual
+        n_dual = dual.sum(-1).to(ratio.dtype)
+    active = clipped.logical_not_().logical_and_(batch.mask)
     active_sum = torch.where(active, ratio, torch.zeros((), dtype=ratio.dtype, device=ratio.device)).sum(-1)
     n_high, n_low = high.sum(-1).to(ratio.dtype), low.sum(-1).to(ratio.dtype)
     value_sum = active_sum + (1 + clip_high) * n_high + (1 - clip_low) * n_low
+    if n_dual is not None:
+        value_sum = value_sum + dual_clip * n_dual
     if batch.weights is None:
-        return _PGTerms(value_sum, active_sum.detach(), n_high, n_low)
+        return _PGTerms(value_sum, active_sum.detach(), n_high, n_low, n_dual)
     weighted = torch.where(active, ratio.detach() * batch.weights.tokens, ratio.new_zeros(()))
-    return _PGTerms(value_sum, weighted.sum(-1), n_high, n_low)
+    return _PGTerms(value_sum, weighted.sum(-1), n_high, n_low, n_dual)
 
 
 @dataclass(frozen=True)
@@ -180,15 +195,17 @@ def _pg_loss(
     counts: BatchCounts | None,
     importance_weights: Tensor | None,
     log_ratio_clamp: float | None = None,
+    dual_clip: float | None = None,
 ) -> LossOutput:
     if clip_low < 0 or clip_high < 0:
         raise ValueError(f"clip_low and clip_high must be >= 0, got {clip_low}, {clip_high}")
     if log_ratio_clamp is not None and not log_ratio_clamp > 0:
         raise ValueError(f"log_ratio_clamp must be > 0 or None, got {log_ratio_clamp}")
+    _check_dual_clip(dual_clip, variant)
     batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids, importance_weights)
     step = _StepCounts.of(counts, batch)
     adv = group_advantages(batch.rewards, batch.groups, adv_eps, scale_adv_by_std)
-    terms = _terms(batch, variant, clip_low, clip_high, adv, log_ratio_clamp)
+    terms = _terms(batch, variant, clip_low, clip_high, adv, log_ratio_clamp, dual_clip)
     loss = batch.finish(_aggregate(adv * terms.value_sum, batch, variant, step))
     normalizer = batch.mask.shape[0] if step is None else step.sequences
     metrics = base_metrics(batch, _closed_form_weights(terms, adv, batch, variant, step), normalizer)
@@ -197,7 +214,20 @@ def _pg_loss(
     metrics["clip_fraction_high"] = terms.clip_high.sum() / units
     metrics["clip_fraction_low"] = terms.clip_low.sum() / units
     metrics["clip_fraction"] = metrics["clip_fraction_high"] + metrics["clip_fraction_low"]
+    metrics["clip_high_tokens"] = terms.clip_high  # [B], for the share of positive-advantage tokens clipped
+    if terms.clip_dual is not None:
+        metrics["clip_fraction_dual"] = terms.clip_dual.sum() / units
+        metrics["clip_fraction"] = metrics["clip_fraction"] + metrics["clip_fraction_dual"]
     return LossOutput(loss, metrics)
+
+
+def _check_dual_clip(dual_clip: float | None, variant: Variant) -> None:
+    if dual_clip is None:
+        return
+    if variant == "gspo":
+        raise ValueError("dual_clip applies to the token-level ratio of grpo and dapo, not gspo")
+    if not dual_clip > 1:
+        raise ValueError(f"dual_clip must be > 1 or None, got {dual_clip}")
 
 
 def pg_gradient_weights(
@@ -215,6 +245,7 @@ def pg_gradient_weights(
     counts: BatchCounts | None = None,
     importance_weights: Tensor | None = None,
     log_ratio_clamp: float | None = None,
+    dual_clip: float | None = None,
 ) -> Tensor:
     """Closed-form effective per-rollout weights [B] of a GRPO-family loss, N·Σ_t ∂loss/∂logprobs[i, t].
 
@@ -222,15 +253,17 @@ def pg_gradient_weights(
     N and N_tok are the sequences and response tokens of the step (``counts``; ``None``: of this
     batch), so only DAPO's weight depends on them. On-policy (ρ = 1) GRPO's weight is −A_i,
     whatever the rollout's probability. Clip ranges default to the variant's (:data:`CLIP_RANGES`).
-    With ``importance_weights`` ρ_t becomes w_t·ρ_t (gspo: e^{s_i} times the row's mean weight).
+    With ``importance_weights`` ρ_t becomes w_t·ρ_t (gspo: e^{s_i} times the row's mean weight); with
+    ``dual_clip`` c, tokens of negative-advantage rollouts with ρ_t > c leave the sums too.
     """
     default_low, default_high = CLIP_RANGES[variant]
     clip_low = default_low if clip_low is None else clip_low
     clip_high = default_high if clip_high is None else clip_high
+    _check_dual_clip(dual_clip, variant)
     with torch.no_grad():
         batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids, importance_weights)
         adv = group_advantages(batch.rewards, batch.groups, adv_eps, scale_adv_by_std)
-        terms = _terms(batch, variant, clip_low, clip_high, adv, log_ratio_clamp)
+        terms = _terms(batch, variant, clip_low, clip_high, adv, log_ratio_clamp, dual_clip)
         return _closed_form_weights(terms, adv, batch, variant, _StepCounts.of(counts, batch))
 
 
@@ -247,6 +280,7 @@ def grpo_loss(
     scale_adv_by_std: bool = True,
     counts: BatchCounts | None = None,
     importance_weights: Tensor | None = None,
+    dual_clip: float | None = None,
 ) -> LossOutput:
     """GRPO: token-level PPO clip, mean over each sequence's tokens, then over sequences.
 
@@ -263,6 +297,8 @@ def grpo_loss(
             (w_t = min(π_old/π_behaviour, C)) or [B] per sequence, detached, finite and ≥ 0. Each
             token's gradient −A·ρ_t·(1/|o_i|)/N (0 where clipped) is multiplied by w_t; the loss
             value is unchanged (:func:`~real_lightning.losses.common.prepare`). ``None``: no correction.
+        dual_clip: c > 1, or None (off): a token of a negative-advantage rollout whose ratio exceeds c
+            contributes the constant c·A and no gradient (dual-clip PPO, verl's ``clip_ratio_c``, usually 3).
     """
     return _pg_loss(
         "grpo",
@@ -277,6 +313,7 @@ def grpo_loss(
         scale_adv_by_std,
         counts,
         importance_weights,
+        dual_clip=dual_clip,
     )
 
 
@@ -293,6 +330,7 @@ def dapo_loss(
     scale_adv_by_std: bool = True,
     counts: BatchCounts | None = None,
     importance_weights: Tensor | None = None,
+    dual_clip: float | None = None,
 ) -> LossOutput:
     """DAPO: clip-higher (ε_low 0.2, ε_high 0.28) and a token-mean over the whole step (``counts.tokens``).
 
@@ -312,6 +350,7 @@ def dapo_loss(
         scale_adv_by_std,
         counts,
         importance_weights,
+        dual_clip=dual_clip,
     )
 
 

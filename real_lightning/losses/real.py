@@ -200,3 +200,31 @@ def real_product_loss(
     loss = torch.where(groups.contrast, per_group, torch.zeros_like(per_group)).sum() / normalizer
     weights = batch.weigh_rows(_product_weights(scores, groups, tau))
     return LossOutput(batch.finish(loss), base_metrics(batch, weights, normalizer))
+
+
+def real_s0_loss(
+    *,
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    response_mask: Tensor,
+    rewards: Tensor,
+    group_ids: Tensor,
+    tau: float = DEFAULT_TAU,
+    counts: BatchCounts | None = None,
+    importance_weights: Tensor | None = None,
+) -> LossOutput:
+    """``real_s0``: REINFORCE with REAL's weights taken at s = 0, a control for REAL's dependence on s.
+
+    loss = Σ_i c_i·s_i / G with the constant c_i = −(1/τ)/(1 + k⁺) for a positive and +(1/τ)/(1 + k⁻) for a
+    negative (k⁺, k⁻ the positives and negatives of its group; 0 without a label contrast): REAL's weights
+    ∂L_q/∂s_i at s = 0, so at s = 0 its gradient is REAL's exactly, and it keeps how REAL splits a group's weight
+    (a group with one positive of 8 gives its 7 negatives (7/8)/(1/2 + 7/8) ≈ 64 % of it) while dropping how the
+    weights move with s. The loss value is 0 on-policy. Arguments as in :func:`real_loss`.
+    """
+    check_positive(tau=tau)
+    batch = prepare(logprobs, old_logprobs, response_mask, rewards, group_ids, importance_weights)
+    scores, groups = batch.scores, batch.groups
+    at_zero = _real_weights(torch.zeros_like(scores), groups, tau)  # constants: no gradient through s
+    normalizer = groups.num_groups if counts is None else step_normalizer(counts.groups, scores)
+    loss = (at_zero * scores).sum() / normalizer
+    return LossOutput(batch.finish(loss), base_metrics(batch, batch.weigh_rows(at_zero), normalizer))

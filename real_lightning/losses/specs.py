@@ -46,7 +46,7 @@ from torch import Tensor
 
 from real_lightning.losses.common import LossOutput
 from real_lightning.losses.policy_gradient import CLIP_RANGES, DEFAULT_ADV_EPS, dapo_loss, grpo_loss, gspo_loss
-from real_lightning.losses.real import DEFAULT_TAU, real_bce_loss, real_loss, real_product_loss
+from real_lightning.losses.real import DEFAULT_TAU, real_bce_loss, real_loss, real_product_loss, real_s0_loss
 
 # --- range checks of the hyper-parameters ---------------------------------------------------------------------
 
@@ -65,6 +65,10 @@ def _non_negative(value: Any, options: Mapping[str, Any]) -> str | None:
 
 def _positive_or_none(value: Any, options: Mapping[str, Any]) -> str | None:
     return None if value is None or (_number(value) and value > 0) else "must be > 0 or null"
+
+
+def _above_one_or_none(value: Any, options: Mapping[str, Any]) -> str | None:
+    return None if value is None or (_number(value) and value > 1) else "must be > 1 or null"
 
 
 def _adv_eps(value: Any, options: Mapping[str, Any]) -> str | None:
@@ -86,10 +90,11 @@ LOSS_OPTION_RULES: dict[str, _Rule] = {
     "clip_high": _non_negative,
     "adv_eps": _adv_eps,
     "log_ratio_clamp": _positive_or_none,
+    "dual_clip": _above_one_or_none,
     "scale_adv_by_std": _boolean,
 }
 """Range check of every loss hyper-parameter, by name: the problem as text, or None when the value is valid."""
-_NON_NUMERIC = {"log_ratio_clamp", "scale_adv_by_std"}  # rules that check the type themselves
+_NON_NUMERIC = {"log_ratio_clamp", "dual_clip", "scale_adv_by_std"}  # rules that check the type themselves
 
 
 def check_options(options: Mapping[str, Any], prefix: str, defaults: Mapping[str, Any] | None = None) -> None:
@@ -211,6 +216,23 @@ class REALProduct(LossSpec):
         super().__init__(tau=tau)
 
 
+class REALS0(LossSpec):
+    """``real_s0``, a control: REINFORCE with REAL's per-rollout weights frozen at s = 0, ∓(1/τ)/(1 + k).
+
+    Computed by :func:`~real_lightning.losses.real.real_s0_loss`: REAL's split of a group's weight between its
+    positives and negatives, without REAL's dependence on the scores s.
+
+    Args:
+        tau: temperature τ > 0 (as REAL's); a rollout's weight is (1/τ)/(1 + k), k the rollouts of its label.
+    """
+
+    name = "real_s0"
+    fn = staticmethod(real_s0_loss)
+
+    def __init__(self, tau: float = DEFAULT_TAU) -> None:
+        super().__init__(tau=tau)
+
+
 class GRPO(LossSpec):
     """GRPO: token-level PPO clip of π_θ/π_old times the group-normalised advantage.
 
@@ -222,6 +244,8 @@ class GRPO(LossSpec):
         clip_high: ε_high >= 0: the ratio is clipped above at 1 + ε_high for positive advantages.
         adv_eps: added to the group's reward std in the advantage's denominator (> 0 while scale_adv_by_std).
         scale_adv_by_std: divide the centred reward by the group's std (false: Dr. GRPO).
+        dual_clip: c > 1: a token of a negative-advantage rollout whose ratio exceeds c gets no gradient (dual-clip,
+            verl's clip_ratio_c, usually 3; for stale data); null: off.
     """
 
     name = "grpo"
@@ -233,8 +257,15 @@ class GRPO(LossSpec):
         clip_high: float = CLIP_RANGES["grpo"][1],
         adv_eps: float = DEFAULT_ADV_EPS,
         scale_adv_by_std: bool = True,
+        dual_clip: float | None = None,
     ) -> None:
-        super().__init__(clip_low=clip_low, clip_high=clip_high, adv_eps=adv_eps, scale_adv_by_std=scale_adv_by_std)
+        super().__init__(
+            clip_low=clip_low,
+            clip_high=clip_high,
+            adv_eps=adv_eps,
+            scale_adv_by_std=scale_adv_by_std,
+            dual_clip=dual_clip,
+        )
 
 
 class DAPO(LossSpec):
@@ -248,6 +279,8 @@ class DAPO(LossSpec):
         clip_high: ε_high >= 0: the ratio is clipped above at 1 + ε_high for positive advantages (clip-higher).
         adv_eps: added to the group's reward std in the advantage's denominator (> 0 while scale_adv_by_std).
         scale_adv_by_std: divide the centred reward by the group's std (false: Dr. GRPO).
+        dual_clip: c > 1: a token of a negative-advantage rollout whose ratio exceeds c gets no gradient (dual-clip,
+            verl's clip_ratio_c, usually 3; for stale data); null: off.
     """
 
     name = "dapo"
@@ -259,8 +292,15 @@ class DAPO(LossSpec):
         clip_high: float = CLIP_RANGES["dapo"][1],
         adv_eps: float = DEFAULT_ADV_EPS,
         scale_adv_by_std: bool = True,
+        dual_clip: float | None = None,
     ) -> None:
-        super().__init__(clip_low=clip_low, clip_high=clip_high, adv_eps=adv_eps, scale_adv_by_std=scale_adv_by_std)
+        super().__init__(
+            clip_low=clip_low,
+            clip_high=clip_high,
+            adv_eps=adv_eps,
+            scale_adv_by_std=scale_adv_by_std,
+            dual_clip=dual_clip,
+        )
 
 
 class GSPO(LossSpec):
@@ -297,7 +337,9 @@ class GSPO(LossSpec):
         )
 
 
-LOSS_SPECS: dict[str, type[LossSpec]] = {spec.name: spec for spec in (REAL, REALBCE, REALProduct, GRPO, DAPO, GSPO)}
+LOSS_SPECS: dict[str, type[LossSpec]] = {
+    spec.name: spec for spec in (REAL, REALBCE, REALProduct, REALS0, GRPO, DAPO, GSPO)
+}
 """The typed class of every registered loss, by name."""
 
 

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+from real_lightning.rewards.countdown import check_countdown, countdown_reward
 from real_lightning.rewards.grading import BatchScores, clear_stop, request_stop, score_batch
 from real_lightning.rewards.math import VerifyResult, math_reward, verify
 from real_lightning.rewards.registry import REWARD_FUNCTIONS, resolve_reward_fn
@@ -18,7 +19,9 @@ __all__ = [
     "REWARD_FUNCTIONS",
     "BatchScores",
     "VerifyResult",
+    "check_countdown",
     "clear_stop",
+    "countdown_reward",
     "math_reward",
     "request_stop",
     "resolve_reward_fn",

@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from real_lightning.rewards.countdown import countdown_reward
 from real_lightning.rewards.math import math_reward, verify
 from real_lightning.utils.registry import Registry, import_path
 
@@ -14,7 +15,7 @@ from real_lightning.utils.registry import Registry, import_path
 RewardFn = Callable[..., float]
 
 #: Registered reward functions; an unknown name's error lists the valid ones.
-REWARD_FUNCTIONS: Registry[RewardFn] = Registry("reward function", {"math": math_reward})
+REWARD_FUNCTIONS: Registry[RewardFn] = Registry("reward function", {"math": math_reward, "countdown": countdown_reward})
 
 
 def resolve_reward_fn(spec: str | RewardFn) -> RewardFn:

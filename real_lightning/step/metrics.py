@@ -30,9 +30,16 @@ from real_lightning.rollout.batch import RolloutBatch
 from real_lightning.step.importance import ImportanceTerms, Mismatch
 from real_lightning.utils.distributed import all_reduce
 
-PER_ROLLOUT = ("scores", "grad_weights", "labels", "advantages")
+PER_ROLLOUT = ("scores", "grad_weights", "labels", "advantages", "clip_high_tokens")
 """[B] metrics of the losses kept per rollout (:attr:`StepResult.loss_output`), when the loss reports them."""
-TOKEN_WEIGHTED = ("ppo_kl", "low_var_kl", "clip_fraction", "clip_fraction_high", "clip_fraction_low")
+TOKEN_WEIGHTED = (
+    "ppo_kl",
+    "low_var_kl",
+    "clip_fraction",
+    "clip_fraction_high",
+    "clip_fraction_low",
+    "clip_fraction_dual",
+)
 """Loss metrics that are token means: averaged over the step weighted by each micro-batch's tokens."""
 SUMS = (
     "nonfinite",

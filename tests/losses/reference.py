@@ -77,6 +77,24 @@ def real_product(logprobs, old, mask, rewards, group_ids, tau=0.5) -> Tensor:
     return total / len(groups)
 
 
+def real_s0(logprobs, old, mask, rewards, group_ids, tau=0.5) -> Tensor:
+    """Σ_i c_i·s_i / G, c_i = ∓(1/τ)/(1 + k): minus for a positive (k its group's positives), plus for a negative."""
+    s = scores(logprobs, old, mask)
+    groups = groups_of(group_ids)
+    total = logprobs.sum() * 0
+    for members in groups.values():
+        r = [rewards[i].item() for i in members]
+        if max(r) == min(r):
+            continue
+        positives = [i for i in members if rewards[i].item() == max(r)]
+        negatives = [i for i in members if rewards[i].item() != max(r)]
+        for i in positives:
+            total = total - s[i] / (tau * (1 + len(positives)))
+        for i in negatives:
+            total = total + s[i] / (tau * (1 + len(negatives)))
+    return total / len(groups)
+
+
 def advantages(rewards: Tensor, group_ids: Tensor, eps: float = 1e-6) -> list[float]:
     """verl's GRPO advantage: torch.std (unbiased) per group; a group of one: mean 0, std 1."""
     adv = [0.0] * rewards.shape[0]
@@ -92,12 +110,20 @@ def _clipped(ratio: Tensor, a: float, low: float, high: float) -> Tensor:
     return torch.min(ratio * a, torch.clamp(ratio, 1 - low, 1 + high) * a)
 
 
-def grpo(logprobs, old, mask, rewards, group_ids, clip_low=0.2, clip_high=0.2) -> Tensor:
+def _dual_clipped(ratio: Tensor, a: float, low: float, high: float, c: float | None) -> Tensor:
+    """verl's dual clip: for a < 0, max(min(ρa, clip(ρ)a), c·a); otherwise the PPO clip."""
+    clipped = _clipped(ratio, a, low, high)
+    if c is None or a >= 0:
+        return clipped
+    return torch.max(clipped, torch.tensor(c * a, dtype=torch.float64))
+
+
+def grpo(logprobs, old, mask, rewards, group_ids, clip_low=0.2, clip_high=0.2, dual_clip=None) -> Tensor:
     adv = advantages(rewards, group_ids)
     seq_losses = []
     for i in range(logprobs.shape[0]):
         toks = [
-            -_clipped(torch.exp(logprobs[i, t] - old[i, t]), adv[i], clip_low, clip_high)
+            -_dual_clipped(torch.exp(logprobs[i, t] - old[i, t]), adv[i], clip_low, clip_high, dual_clip)
             for t in range(logprobs.shape[1])
             if mask[i, t]
         ]
@@ -105,10 +131,10 @@ def grpo(logprobs, old, mask, rewards, group_ids, clip_low=0.2, clip_high=0.2) -
     return sum(seq_losses) / len(seq_losses)
 
 
-def dapo(logprobs, old, mask, rewards, group_ids, clip_low=0.2, clip_high=0.28) -> Tensor:
+def dapo(logprobs, old, mask, rewards, group_ids, clip_low=0.2, clip_high=0.28, dual_clip=None) -> Tensor:
     adv = advantages(rewards, group_ids)
     toks = [
-        -_clipped(torch.exp(logprobs[i, t] - old[i, t]), adv[i], clip_low, clip_high)
+        -_dual_clipped(torch.exp(logprobs[i, t] - old[i, t]), adv[i], clip_low, clip_high, dual_clip)
         for i in range(logprobs.shape[0])
         for t in range(logprobs.shape[1])
         if mask[i, t]
@@ -129,6 +155,7 @@ REFERENCES = {
     "real": real,
     "real_bce": real_bce,
     "real_product": real_product,
+    "real_s0": real_s0,
     "grpo": grpo,
     "dapo": dapo,
     "gspo": gspo,

@@ -15,6 +15,7 @@ PAPER_DEFAULTS = {
     "real": {"tau": 0.5},
     "real_bce": {"tau": 0.5},
     "real_product": {"tau": 0.5},
+    "real_s0": {"tau": 0.5},
     "grpo": {"clip_low": 0.2, "clip_high": 0.2},
     "dapo": {"clip_low": 0.2, "clip_high": 0.28},
     "gspo": {"clip_low": 3e-4, "clip_high": 4e-4},
@@ -22,7 +23,7 @@ PAPER_DEFAULTS = {
 INPUTS = ["logprobs", "old_logprobs", "response_mask", "rewards", "group_ids"]
 
 
-def test_registry_holds_exactly_the_six_losses() -> None:
+def test_registry_holds_exactly_the_seven_losses() -> None:
     assert set(LOSSES) == set(PAPER_DEFAULTS)
 
 

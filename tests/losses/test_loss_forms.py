@@ -122,8 +122,8 @@ def test_an_unknown_name_lists_the_valid_ones() -> None:
         with pytest.raises(UnknownNameError) as error:
             call()
         message = str(error.value)
-        assert "valid names: dapo, grpo, gspo, real, real_bce, real_product" in message
-        assert "real_lightning.losses.REAL, REALBCE, REALProduct, GRPO, DAPO, GSPO" in message
+        assert "valid names: dapo, grpo, gspo, real, real_bce, real_product, real_s0" in message
+        assert "real_lightning.losses.REAL, REALBCE, REALProduct, REALS0, GRPO, DAPO, GSPO" in message
         assert "'package.module:function'" in message
     with pytest.raises(ValueError, match=r"loss 'real' has no hyper-parameter 'clip_low'; valid: tau$"):
         resolve_loss("real", {"clip_low": 0.2})

@@ -177,12 +177,13 @@ def test_pg_closed_form_with_step_counts_equals_the_loss_metric(variant: str) ->
 def test_normalizers_are_the_step_counts_in_each_loss_unit() -> None:
     batch = _off_policy_batch("real")
     counts = BatchCounts(groups=10.0, contrast_rollouts=20.0, sequences=30.0, tokens=400.0)
-    expected = {"real": 10, "real_product": 10, "real_bce": 20, "grpo": 30, "dapo": 30, "gspo": 30}
+    expected = {"real": 10, "real_product": 10, "real_s0": 10, "real_bce": 20, "grpo": 30, "dapo": 30, "gspo": 30}
     for name in LOSS_NAMES:
         out = LOSSES[name](**batch.kwargs(), counts=counts)
         assert out.metrics["weight_normalizer"].item() == expected[name], name
         # the loss scales as 1/count in its own unit: doubling the others changes nothing
-        unit = {"real": "groups", "real_product": "groups", "real_bce": "contrast_rollouts", "grpo": "sequences"}
+        unit = {"real": "groups", "real_product": "groups", "real_s0": "groups", "real_bce": "contrast_rollouts"}
+        unit |= {"grpo": "sequences"}
         unit |= {"dapo": "tokens", "gspo": "sequences"}
         doubled = {f: 2 * getattr(counts, f) for f in ("groups", "contrast_rollouts", "sequences", "tokens")}
         others = BatchCounts(**{f: (v if f != unit[name] else getattr(counts, f)) for f, v in doubled.items()})

@@ -4,8 +4,8 @@ A run is the shipped ``-c`` chain as the README and the configs' headers write i
 that changes only sizes and periods: every periodic callback of the chain (checkpoints, weight monitor, sample
 logger) and validation fire every ``PERIOD`` optimizer steps, the run lasts ``2 × PERIOD`` steps (each period
 passed twice), batches are a few prompts, and what the CPU cannot have (GPUs, vLLM, model and data downloads) is
-replaced by the built-in policy, task and HF engine. Everything else — strategy, loss, KL, precision, grader,
-health options, callbacks — is the shipped configs'.
+replaced by the built-in policy, task (a built-in task is kept) and HF engine. Everything else — strategy, loss,
+KL, precision, grader, health options, callbacks — is the shipped configs'.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ RUNS: list[tuple[str, list[str]]] = [
     ("quickstart+async-fsdp", [*QUICKSTART, "async.yaml", "fsdp.yaml"]),
     ("replication-ddp", REPLICATION),
     ("replication-fsdp", [*REPLICATION, "fsdp.yaml"]),
+    ("staleness-ddp", ["staleness.yaml"]),  # countdown, behaviour log-probs as π_old, MechanismMonitor
     ("paper-fsdp", PAPER),
     *[(f"paper+{o}-fsdp", [*PAPER, f"paper/{o}.yaml"]) for o in ("grpo", "dapo", "gspo", "real_bce")],
     ("paper+7b-fsdp", [*PAPER, "paper/gspo.yaml", "paper/r1_distill_qwen_7b.yaml"]),
@@ -79,9 +80,11 @@ def shrink_overlay(chain: list[str], root: Path, extra_callbacks: list[dict] = (
                 args[option] = PERIOD
         callbacks.append({**callback, "init_args": args})
     engine = config["data"]["engine"]
-    sampling = {k: v for k, v in engine.get("init_args", {}).items() if k in ("temperature", "top_p", "top_k")}
+    kept = ("temperature", "top_p", "top_k", "behaviour_logprobs")
+    sampling = {k: v for k, v in engine.get("init_args", {}).items() if k in kept}
     val_names = list(config["data"].get("val", {}) or {"held_out": None})
     train_options = config["data"]["train"].get("options", {})
+    task = _builtin_task(config["data"]["train"].get("source", ""))
     overlay = {
         "trainer": {
             "accelerator": "cpu",
@@ -98,10 +101,9 @@ def shrink_overlay(chain: list[str], root: Path, extra_callbacks: list[dict] = (
         },
         "model": {"pretrained": "builtin:tiny", "export_dir": str(root / "hf")},
         "data": {
-            "train": {"source": "builtin:arithmetic", "split": "train", "limit": 256, "options": train_options},
+            "train": {"source": task, "split": "train", "limit": 256, "options": train_options},
             "val": {
-                name: {"source": "builtin:arithmetic", "split": "test", "limit": 6, "options": train_options}
-                for name in val_names
+                name: {"source": task, "split": "test", "limit": 6, "options": train_options} for name in val_names
             },
             "engine": _small_engine(engine, sampling, keep_vllm),
             "schedule": _small_schedule(config["data"].get("schedule", {"prompts_per_rollout": 8})),
@@ -132,6 +134,11 @@ def _small_engine(engine: dict[str, Any], sampling: dict[str, Any], keep_vllm: b
         options = {k: v for k, v in engine["init_args"].items() if k not in ("max_new_tokens", "urls")}
         return {"class_path": SERVER_ENGINE, "init_args": {**options, "max_new_tokens": 8}}
     return {"class_path": "real_lightning.rollout.HFEngine", "init_args": {"max_new_tokens": 8, **sampling}}
+
+
+def _builtin_task(source: str) -> str:
+    """The chain's own task when it is a built-in one (countdown keeps its reward valid), else arithmetic."""
+    return source if source.startswith("builtin:") else "builtin:arithmetic"
 
 
 def _small_schedule(schedule: dict[str, Any]) -> dict[str, Any]:

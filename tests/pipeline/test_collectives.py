@@ -40,7 +40,7 @@ def test_a_collective_on_rank_0_alone_is_caught_and_named(tmp_path) -> None:
     where the ranks differ and the line that issued it."""
     bug = {"class_path": "tests.pipeline.callbacks_for_tests.RankZeroLogDir", "init_args": {"step": 2}}
     with pytest.raises(AssertionError) as failure:
-        traced_run(QUICKSTART, tmp_path, 120, [bug], ["--health.stall_timeout_s", "10"])
+        traced_run(QUICKSTART, tmp_path, 120, [bug], ["--health.stall_timeout_s", "20"])
     message = str(failure.value)
     assert "the ranks' collectives differ at call" in message, message
     assert "rank 0: broadcast_object_list" in message and "callbacks_for_tests.py" in message, message

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import real_lightning.rewards as rewards
-from real_lightning.rewards import REWARD_FUNCTIONS, math_reward, resolve_reward_fn
+from real_lightning.rewards import REWARD_FUNCTIONS, countdown_reward, math_reward, resolve_reward_fn
 from real_lightning.utils.registry import UnknownNameError
 from tests.rewards import helpers
 
@@ -17,8 +17,9 @@ def test_public_api() -> None:
 
 
 def test_registered_name_and_import_path() -> None:
-    assert set(REWARD_FUNCTIONS) == {"math"}
+    assert set(REWARD_FUNCTIONS) == {"math", "countdown"}
     assert resolve_reward_fn("math") is math_reward
+    assert resolve_reward_fn("countdown") is countdown_reward
     assert resolve_reward_fn("real_lightning.rewards:math_reward") is math_reward
     assert resolve_reward_fn("tests.rewards.helpers:exact_reward") is helpers.exact_reward
     assert resolve_reward_fn(helpers.exact_reward) is helpers.exact_reward
@@ -26,7 +27,7 @@ def test_registered_name_and_import_path() -> None:
 
 
 def test_unknown_name_lists_valid_names() -> None:
-    with pytest.raises(UnknownNameError, match="unknown reward function 'nope'; valid names: math"):
+    with pytest.raises(UnknownNameError, match="unknown reward function 'nope'; valid names: countdown, math"):
         resolve_reward_fn("nope")
 
 

@@ -1,0 +1,71 @@
+"""experiments/staleness.py: the arms, the pilot's lr matching, the gates and the grid on a tiny version of the
+regime (the shipped policy, a reward with contrast), and the tables read back from the summary."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from experiments import staleness
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = [
+    "--data.schedule.prompts_per_rollout", "4",
+    "--data.schedule.rollouts_per_prompt", "4",
+    "--data.schedule.prompts_per_minibatch", "2",
+    "--data.engine.init_args.max_new_tokens", "8",
+    "--data.verifier.reward", "tests.rewards_for_tests:first_char_even",
+    "--data.val.held_out.limit", "8",
+    "--data.validation.prompts_per_batch", "8",
+    "--trainer.val_check_interval", "2",
+]  # fmt: skip
+
+
+def test_arms_are_the_issues_losses() -> None:
+    assert staleness.ARMS["grpo_dual_clip"] == ("grpo", {"clip_low": 0.2, "clip_high": 0.2, "dual_clip": 3.0})
+    assert staleness.ARMS["dapo"][1] == {"clip_low": 0.2, "clip_high": 0.28}
+    assert staleness.ARMS["real_s0"] == ("real_s0", {"tau": 0.5}) and staleness.ARMS["real"][1] == {"tau": 0.5}
+    args = staleness.Run("grid", "grpo_dual_clip", 1e-4, 4, 2, 300).arguments(Path("out"), "policy")
+    assert args[args.index("--data.schedule.max_staleness") + 1] == "4"
+    assert json.loads(args[args.index("--model.loss_kwargs") + 1])["dual_clip"] == 3.0
+
+
+def test_the_rule_reads_the_mean_of_the_last_three_validations() -> None:
+    record = {"curves": {"val/held_out/pass@1": [[0, 0.1], [25, 0.2], [50, 0.3], [75, 0.4], [100, 0.8]]}}
+    assert math.isclose(staleness.final_pass_at_1(record), 0.5)
+    assert math.isnan(staleness.final_pass_at_1({"curves": {}}))
+
+
+def test_pilot_and_gates_on_a_tiny_regime(tmp_path) -> None:
+    """The pilot and the gates on the shipped policy: REAL and GRPO, one lr each, 4-step runs, S_high 2 (a
+    producer process). The pilot writes the lr choice with the KL ratio; the gates are printed and saved whatever
+    they say, from a GRPO run that did train on stale batches."""
+    command = [sys.executable, "-m", "experiments.staleness", "--out", str(tmp_path), "--policy", "builtin:tiny"]
+    command += ["--arms", "real", "grpo", "--stages", "pilot", "gates", "--pilot-steps", "4", "--lrs", "1e-3"]
+    command += ["--real-lr", "1e-3", "--high-staleness", "2", "--", *SMALL]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    pilot = json.loads((tmp_path / "pilot.json").read_text())
+    assert pilot["real"]["ratio"] == 1.0 and pilot["grpo"]["lr"] == 1e-3 and pilot["grpo"]["ppo_kl"] > 0
+    gates = json.loads((tmp_path / "gates.json").read_text())
+    assert set(gates) == {"G1", "G2", "G3"} and all(isinstance(g["pass"], bool) for g in gates.values())
+    assert "G3: " in result.stdout and gates["G3"]["staleness"] == 2
+    stale = json.loads(next((tmp_path / "gates" / "grpo").glob("*-S2-seed0/done.json")).read_text())
+    assert max(v for _, v in stale["curves"]["rollout/staleness_batches_mean"]) == 1.0  # 2 batches of 2 steps
+    assert "mechanism/pass_at_n" in stale["curves"] and not (tmp_path / "grid").exists()
+
+
+def test_summary_and_tables_pair_the_seeds(tmp_path) -> None:
+    """Finished runs' records are collected into one summary; the table gives mean ± sd and each seed."""
+    for arm, s, seed, last in [("real", 0, 0, 0.4), ("real", 0, 1, 0.6), ("grpo", 4, 0, 0.2), ("grpo", 4, 1, 0.3)]:
+        folder = staleness.Run("grid", arm, 1e-4, s, seed, 10).folder(tmp_path)
+        folder.mkdir(parents=True)
+        curve = [[0, 0.1], [5, last], [10, last], [15, last]]
+        (folder / "done.json").write_text(json.dumps({"steps": 10, "curves": {"val/held_out/pass@1": curve}}))
+    staleness.collect(tmp_path, tmp_path / "summary.json")
+    table = staleness.grid_table(json.loads((tmp_path / "summary.json").read_text()))
+    assert "| real | 0 | 0.500 ± 0.141 | 0: 0.400, 1: 0.600 |" in table
+    assert "| grpo | 4 | 0.250 ± 0.071 | 0: 0.200, 1: 0.300 |" in table
