@@ -65,7 +65,7 @@ def test_a_short_countdown_warm_start_writes_a_loadable_policy(tmp_path) -> None
     )  # fmt: skip
     assert summary["sft_steps"] == 3 and 0.0 <= summary["held_out_pass_at_1"] <= 1.0
     saved = json.loads((tmp_path / "policy" / "warmstart.json").read_text())
-    assert saved["task"] == {"name": "countdown", "num_numbers": 3, "max_number": 9}
+    assert saved["task"] == {"name": "countdown", "num_numbers": 3, "max_number": 9, "num_train": 64}
     assert saved["model_size"] == size and saved["weights_sha256"] == summary["weights_sha256"]
     policy = load_policy(str(tmp_path / "policy"), torch.float32)
     assert policy.config.hidden_size == 32 and policy.config.num_hidden_layers == 1

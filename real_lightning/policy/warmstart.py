@@ -171,7 +171,12 @@ def warm_start(
 
 def _describe(task: Task) -> dict[str, object]:
     if isinstance(task, CountdownTask):
-        return {"name": "countdown", "num_numbers": task.num_numbers, "max_number": task.max_number}
+        return {
+            "name": "countdown",
+            "num_numbers": task.num_numbers,
+            "max_number": task.max_number,
+            "num_train": task.num_train,
+        }
     return {"name": "arithmetic", "digits": task.digits, "operations": list(task.operations)}
 
 
@@ -183,6 +188,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--task", choices=["arithmetic", "countdown"], default="arithmetic")
     parser.add_argument("--num-numbers", type=int, default=4, help="numbers per countdown problem")
+    parser.add_argument("--num-train", type=int, default=50_000, help="countdown training problems (3 numbers: ~6k)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-steps", type=int, default=3000)
     parser.add_argument("--eval-every", type=int, default=5, help="supervised steps between dev Pass@1 checks")
@@ -195,7 +201,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.task == "countdown":
-        task: Task = CountdownTask(num_numbers=args.num_numbers)
+        task: Task = CountdownTask(num_numbers=args.num_numbers, num_train=args.num_train)
     else:
         task = ArithmeticTask(digits=args.digits, operations=tuple(args.operations))
     size = {
