@@ -122,25 +122,31 @@ def execute(run: Run, out: Path, policy: str, extra: list[str], index: int, tota
     if finished >= run.steps:
         print(f"{label}: done ({finished} steps)", flush=True)
         return
+    seconds = run_fit(folder, fit_arguments(run, out, policy, extra), label)
+    summary = summarize(folder)
+    summary["seconds"] = seconds
+    (folder / "done.json").write_text(json.dumps({"steps": run.steps, **summary}, indent=1) + "\n")
+    pass1 = summary["curves"].get("val/held_out/pass@1", [])
+    change = f"Pass@1 {pass1[0][1]:.3f} → {pass1[-1][1]:.3f}" if pass1 else "no validation"
+    findings = ", ".join(f["name"] for f in summary["health"]) or "none"
+    print(f"{label}: {run.steps} steps, {change}, health findings: {findings}, {summary['seconds'] / 60:.1f} min")
+
+
+def run_fit(folder: Path, args: list[str], label: str) -> float:
+    """``real-lightning fit`` with ``args`` in ``folder`` (output appended to ``fit.log``), continuing from the run's
+    ``last.ckpt`` when it has one; exits naming the log when the fit fails. Returns the seconds it took."""
     folder.mkdir(parents=True, exist_ok=True)
-    args = fit_arguments(run, out, policy, extra)
     last = folder / "tb" / "version_0" / "checkpoints" / "last.ckpt"
     resumed = last.exists()
     if resumed:
-        args += ["--ckpt_path", str(last)]
+        args = [*args, "--ckpt_path", str(last)]
     print(f"{label}: {'continuing from its last checkpoint' if resumed else 'starting'}", flush=True)
     start = time.perf_counter()
     with (folder / "fit.log").open("a") as log:
         code = subprocess.call([sys.executable, "-m", "real_lightning.cli", *args], stdout=log, stderr=log, cwd=REPO)
     if code != 0:
         raise SystemExit(f"{label}: real-lightning fit exited with {code}; see {folder / 'fit.log'}")
-    summary = summarize(folder)
-    summary["seconds"] = round(time.perf_counter() - start, 1)
-    (folder / "done.json").write_text(json.dumps({"steps": run.steps, **summary}, indent=1) + "\n")
-    pass1 = summary["curves"].get("val/held_out/pass@1", [])
-    change = f"Pass@1 {pass1[0][1]:.3f} → {pass1[-1][1]:.3f}" if pass1 else "no validation"
-    findings = ", ".join(f["name"] for f in summary["health"]) or "none"
-    print(f"{label}: {run.steps} steps, {change}, health findings: {findings}, {summary['seconds'] / 60:.1f} min")
+    return round(time.perf_counter() - start, 1)
 
 
 def summarize(folder: Path) -> dict:

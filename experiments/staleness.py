@@ -32,11 +32,10 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.replicate import done_steps, rounded
+from experiments.replicate import done_steps, rounded, run_fit
 
 REPO = Path(__file__).resolve().parent.parent
 ARMS = {
@@ -93,18 +92,8 @@ def execute(run: Run, out: Path, policy: str, extra: list[str], label: str) -> d
     folder = run.folder(out)
     if done_steps(folder) >= run.steps:
         return json.loads((folder / "done.json").read_text())
-    folder.mkdir(parents=True, exist_ok=True)
-    args = [*run.arguments(out, policy), *extra]
-    last = folder / "tb" / "version_0" / "checkpoints" / "last.ckpt"
-    if last.exists():
-        args += ["--ckpt_path", str(last)]
-    print(f"{label}: {'continuing' if last.exists() else 'starting'} {folder}", flush=True)
-    start = time.perf_counter()
-    with (folder / "fit.log").open("a") as log:
-        code = subprocess.call([sys.executable, "-m", "real_lightning.cli", *args], stdout=log, stderr=log, cwd=REPO)
-    if code != 0:
-        raise SystemExit(f"{label}: real-lightning fit exited with {code}; see {folder / 'fit.log'}")
-    record = {"steps": run.steps, "seconds": round(time.perf_counter() - start, 1), "curves": curves(folder)}
+    seconds = run_fit(folder, [*run.arguments(out, policy), *extra], f"{label} ({folder})")
+    record = {"steps": run.steps, "seconds": seconds, "curves": curves(folder)}
     (folder / "done.json").write_text(json.dumps(rounded(record), indent=1) + "\n")
     pass1 = record["curves"].get("val/held_out/pass@1", [])
     change = f"Pass@1 {pass1[0][1]:.3f} → {pass1[-1][1]:.3f}" if pass1 else "no validation"
