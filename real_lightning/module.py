@@ -12,6 +12,7 @@ step (all micro-batches, all ranks; :mod:`real_lightning.step.accumulate`), and 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -29,7 +30,8 @@ from real_lightning.logprobs.fused_head import check_fusable
 from real_lightning.losses import LossSpec, loss_config, resolve_loss
 from real_lightning.losses.kl import KLPenalty
 from real_lightning.policy.loading import BUILTIN, load_policy, load_tokenizer
-from real_lightning.policy.reference import ReferencePolicy
+from real_lightning.policy.lora import LoRAConfig, apply_lora, merged_copy, save_adapter, trainable_state_dict
+from real_lightning.policy.reference import AdaptersOffReference, ReferencePolicy
 from real_lightning.policy.sharding import (
     FSDPConfig,
     empty_policy,
@@ -95,6 +97,10 @@ class RealPolicyModule(LightningModule):
         fsdp: shard the policy with FSDP2 (needs ``trainer.strategy`` :class:`~real_lightning.fsdp.FSDP2Strategy`,
             see ``configs/fsdp.yaml``): its parameters are created on the meta device and loaded once,
             sharded, when the trainer configures the model. None: a full copy per process (DDP, one device).
+        lora: train low-rank adapters (PEFT) instead of the weights (:class:`~real_lightning.policy.lora.LoRAConfig`,
+            overlay ``configs/lora.yaml``): the base is frozen, the optimizer holds the adapters only, π_ref is the
+            policy with its adapters off, checkpoints hold the adapters (the base is loaded again from
+            ``pretrained`` on resume), engines receive the merged weights. None: full fine-tuning.
     """
 
     def __init__(
@@ -119,8 +125,13 @@ class RealPolicyModule(LightningModule):
         kl_coef: float = 0.0,
         kl_estimator: Literal["k1", "k2", "k3"] = "k3",
         kl_clamp: float = 10.0,
+        lora: LoRAConfig | None = None,
     ) -> None:
         super().__init__()
+        lora_config = LoRAConfig(**lora) if isinstance(lora, dict) else lora
+        lora = dataclasses.asdict(lora_config) if lora_config is not None else None  # plain data in checkpoints
+        if lora_config is not None and fsdp:
+            raise ValueError("model.lora with model.fsdp is not supported yet: train adapters with DDP or one device")
         # names, ranges (tau > 0, clip >= 0, ...) checked at startup; a typed loss is called as is
         self.loss_fn, self.loss_kwargs = resolve_loss(loss, loss_kwargs)
         loss = loss_config(loss)  # saved as plain data (checkpoints load with weights_only=True)
@@ -136,11 +147,20 @@ class RealPolicyModule(LightningModule):
         ).train()
         if fused_head:
             check_fusable(self.policy)
+        self.lora = lora_config
+        if lora_config is not None:
+            self.policy = apply_lora(self.policy, lora_config)
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.importance_sampling = ImportanceSampling(importance_sampling, importance_cap)
         self.kl = KLPenalty(kl_coef, kl_estimator, kl_clamp)
-        self.reference = ReferencePolicy(pretrained, policy_dtype, sharded=bool(fsdp)) if self.kl.active else None
+        self.reference: ReferencePolicy | AdaptersOffReference | None = None
+        if self.kl.active:  # with adapters π_ref is the policy with them off: no second copy
+            self.reference = (
+                AdaptersOffReference(self.policy)
+                if lora_config is not None
+                else ReferencePolicy(pretrained, policy_dtype, sharded=bool(fsdp))
+            )
         self.skipped_steps = 0
         self._skip_update = False
         self._engines_set_up: dict[int, RolloutEngine] = {}  # by id: engines need not be hashable
@@ -384,9 +404,8 @@ class RealPolicyModule(LightningModule):
     @override
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        optimizer = torch.optim.AdamW(
-            self.policy.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
-        )
+        trainable = [p for p in self.policy.parameters() if p.requires_grad]  # with LoRA, the adapters
+        optimizer = torch.optim.AdamW(trainable, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None
         if hp.schedule == "cosine" and total is None:
             raise ValueError("schedule='cosine' needs trainer.max_steps")
@@ -413,7 +432,10 @@ class RealPolicyModule(LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Save the RNG states (as plain values) so that anything not seeded explicitly also resumes exactly."""
+        """Save the RNG states (as plain values) so that anything not seeded explicitly also resumes exactly; with
+        LoRA keep only the adapters of the policy (the frozen base is ``pretrained``, loaded again on resume)."""
+        if self.lora is not None:
+            checkpoint["state_dict"] = trainable_state_dict(self.policy, checkpoint["state_dict"], "policy.")
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
             "python": _plain(random.getstate()),
@@ -423,6 +445,9 @@ class RealPolicyModule(LightningModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.lora is not None:  # adapters from the checkpoint, the frozen base as loaded from ``pretrained``
+            frozen = {k: v for k, v in self.state_dict().items() if k not in checkpoint["state_dict"]}
+            checkpoint["state_dict"] = {**frozen, **checkpoint["state_dict"]}
         states = checkpoint.get("rng_states")
         if not states:
             return
@@ -433,15 +458,21 @@ class RealPolicyModule(LightningModule):
         self.skipped_steps = int(states.get("skipped_steps", 0))
 
     def export_hf(self, directory: str | Path) -> Path:
-        """Save the full policy and tokenizer with ``save_pretrained`` (loadable by transformers and vLLM).
+        """Save the full policy and tokenizer with ``save_pretrained`` (loadable by transformers and vLLM); with LoRA
+        the merged policy, or the adapter alone (``model.lora.export``).
 
         Call it on every rank: a sharded policy is gathered (a collective); rank 0 writes.
         """
         directory = Path(directory)
-        weights = full_state_dict(self.policy)
+        weights = full_state_dict(self.policy) if self.lora is None else {}
         if self._trainer is None or self.trainer.is_global_zero:
             directory.mkdir(parents=True, exist_ok=True)
-            self.policy.save_pretrained(directory, state_dict=weights)
+            if self.lora is None:
+                self.policy.save_pretrained(directory, state_dict=weights)
+            elif self.lora.export == "adapter":
+                save_adapter(self.policy, directory)
+            else:
+                merged_copy(self.policy).save_pretrained(directory)
             self.tokenizer.save_pretrained(directory)
         if self._trainer is not None:
             self.trainer.strategy.barrier("export_hf")

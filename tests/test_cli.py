@@ -14,7 +14,13 @@ from real_lightning.module import RealPolicyModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
-OVERLAYS = {"vllm.yaml", "vllm_server.yaml", "fsdp.yaml", "async.yaml"}  # for any config: parsed on the quickstart
+OVERLAYS = {
+    "vllm.yaml",
+    "vllm_server.yaml",
+    "fsdp.yaml",
+    "async.yaml",
+    "lora.yaml",
+}  # for any config: parsed on the quickstart
 
 
 PAPER = CONFIGS / "paper" / "real_r1_distill_qwen_1.5b.yaml"

@@ -3,7 +3,9 @@
     python -m real_lightning.export runs/x/version_0/checkpoints/last.ckpt runs/x/hf [--pretrained PATH]
 
 The checkpoint is a Lightning ``.ckpt`` file or a distributed checkpoint (a directory of shards written
-under FSDP); it is read in one process, without a process group. The architecture and tokenizer come
+under FSDP); it is read in one process, without a process group. A LoRA run's checkpoint holds the adapters: they
+are put on the base (``model.pretrained``) and written merged, or alone as PEFT adapter files, as its
+``model.lora.export`` says. The architecture and tokenizer come
 from the run's ``model.pretrained`` (stored in the checkpoint) unless ``--pretrained`` names another copy.
 A directory is read without running anything from it (:mod:`real_lightning.checkpoints.safety`): one whose
 metadata or entries name anything but checkpoint metadata and plain data is refused.
@@ -19,6 +21,7 @@ import torch
 
 from real_lightning.checkpoints.safety import load_distributed_checkpoint
 from real_lightning.policy.loading import load_policy, load_tokenizer
+from real_lightning.policy.lora import LoRAConfig, apply_lora, merged_copy, save_adapter
 from real_lightning.utils.dtypes import torch_dtype
 
 _PREFIX = "policy."
@@ -46,11 +49,33 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, pretrained: s
     if not weights:
         raise ValueError(f"{checkpoint} holds no policy weights (keys starting with {_PREFIX!r})")
     policy = load_policy(source, dtype)
-    policy.load_state_dict(weights)  # strict: every weight of the architecture, nothing else
     out_dir.mkdir(parents=True, exist_ok=True)
-    policy.save_pretrained(out_dir)
+    if hparams.get("lora"):  # the checkpoint holds the adapters; the frozen base is ``source``
+        export_adapted(policy, LoRAConfig(**hparams["lora"]), weights, out_dir, checkpoint)
+    else:
+        policy.load_state_dict(weights)  # strict: every weight of the architecture, nothing else
+        policy.save_pretrained(out_dir)
     load_tokenizer(source).save_pretrained(out_dir)
     return out_dir
+
+
+def export_adapted(
+    policy: torch.nn.Module, config: LoRAConfig, adapters: dict[str, Any], out_dir: Path, checkpoint: Path
+) -> None:
+    """Adapters of a LoRA run's checkpoint onto the base ``policy``; writes the merged model or the adapter alone
+    (``config.export``). Every adapter must be in the checkpoint, and nothing else."""
+    adapted = apply_lora(policy, config)
+    expected = {n for n, p in adapted.named_parameters() if p.requires_grad}
+    if set(adapters) != expected:
+        missing, unexpected = sorted(expected - set(adapters)), sorted(set(adapters) - expected)
+        raise ValueError(
+            f"{checkpoint}: adapters do not match model.lora: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    adapted.load_state_dict(adapters, strict=False)
+    if config.export == "adapter":
+        save_adapter(adapted, out_dir)
+    else:
+        merged_copy(adapted).save_pretrained(out_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

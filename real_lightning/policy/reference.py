@@ -51,3 +51,32 @@ class ReferencePolicy:
                 fused_head=fused_head,
             )
         return logprobs
+
+
+class AdaptersOffReference:
+    """π_ref of an adapted policy (``model.lora``): the policy itself with its adapters turned off, which is the
+    frozen starting policy exactly (the base never trains), at no memory cost.
+
+    Args:
+        policy: the PEFT-wrapped policy (the module's, so that it follows the module's device).
+    """
+
+    def __init__(self, policy: torch.nn.Module) -> None:
+        self.model = policy
+
+    def configure(self, mesh: DeviceMesh | None, fsdp: FSDPConfig | None, device: torch.device) -> None:
+        """Nothing to load or shard: the weights are the policy's."""
+
+    def logprobs(self, batch: RolloutBatch, chunk_size: int, fused_head: bool = False) -> Tensor:
+        """[B, T] log π_ref of the response tokens at the batch's sampling temperature (no grad)."""
+        with torch.no_grad(), self.model.disable_adapter():
+            logprobs, _ = sequence_logprobs(
+                self.model,
+                batch.input_ids,
+                batch.attention_mask,
+                batch.prompt_length,
+                temperature=batch.temperature if batch.temperature > 0 else 1.0,
+                chunk_size=chunk_size,
+                fused_head=fused_head,
+            )
+        return logprobs

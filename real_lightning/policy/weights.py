@@ -3,7 +3,7 @@
 The seam between a trained policy and whatever samples from it (:meth:`RolloutEngine.update_weights
 <real_lightning.rollout.engine.RolloutEngine.update_weights>`): a sharded parameter (FSDP2's ``DTensor``) is
 gathered into its full tensor — a collective, so every rank iterates all of them in the same order — and only
-one full tensor is alive at a time. An adapted policy (LoRA) will yield its merged or adapter weights here.
+one full tensor is alive at a time. An adapted policy (LoRA) yields its merged weights under the base model's names.
 """
 
 from __future__ import annotations
@@ -12,10 +12,16 @@ from collections.abc import Iterable, Iterator
 
 from torch import Tensor, nn
 
+from real_lightning.policy.lora import is_adapted, merged_named_weights
+
 
 def named_full_weights(policy: nn.Module) -> Iterator[tuple[str, Tensor]]:
     """``(name, tensor)`` for every parameter of ``policy`` in ``named_parameters`` order, sharded parameters
-    gathered (detached; the parameter's dtype and device)."""
+    gathered (detached; the parameter's dtype and device). With adapters (``model.lora``): the base architecture's
+    parameters with the adapters merged in (:func:`~real_lightning.policy.lora.merged_named_weights`)."""
+    if is_adapted(policy):
+        yield from merged_named_weights(policy)
+        return
     for name, param in policy.named_parameters():
         full = param.full_tensor() if hasattr(param, "full_tensor") else param
         yield name, full.detach()

@@ -308,7 +308,11 @@ class HFEngine:
 
 def _empty_copy(model: nn.Module) -> nn.Module:
     """A model of ``model``'s class and config on its device, in its parameters' dtype, for weights to be loaded
-    into (initialised without touching the global RNG; frozen, in eval mode)."""
+    into (initialised without touching the global RNG; frozen, in eval mode). An adapted model (LoRA) gives a copy
+    of its base architecture, which the merged weights are pushed into."""
+    from real_lightning.policy.lora import base_model
+
+    model = base_model(model)
     first = next(model.parameters())
     local = first.to_local() if hasattr(first, "to_local") else first
     device = local.device

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from real_lightning.policy.export import export_checkpoint
 from real_lightning.policy.loading import BUILTIN
-from tests.pipeline.launch import run_ranks
+from tests.pipeline.launch import REPO, run_ranks
 from tests.pipeline.small_runs import SCRIPTED, fit_args, step_records
 
 pytestmark = pytest.mark.distributed
@@ -27,12 +27,19 @@ def _pass_at_1(output: str) -> str:
 
 
 CHECKPOINTING_AND_KL = ["--model.gradient_checkpointing", "true", "--model.kl_coef", "0.1"]
+LORA_AND_KL = ["-c", str(REPO / "configs" / "lora.yaml"), "--model.kl_coef", "0.1"]  # π_ref: adapters off
 
 
 @pytest.mark.parametrize(
     ("loss", "fsdp", "extra"),
-    [("real", False, []), ("dapo", False, []), ("real", True, []), ("grpo", True, CHECKPOINTING_AND_KL)],
-    ids=["real-ddp", "dapo-ddp", "real-fsdp", "grpo-fsdp-checkpointing-kl"],
+    [
+        ("real", False, []),
+        ("dapo", False, []),
+        ("real", True, []),
+        ("grpo", True, CHECKPOINTING_AND_KL),
+        ("real", False, LORA_AND_KL),
+    ],
+    ids=["real-ddp", "dapo-ddp", "real-fsdp", "grpo-fsdp-checkpointing-kl", "real-ddp-lora-kl"],
 )
 def test_two_processes_train_like_one(policy_dir, tmp_path, loss, fsdp, extra) -> None:
     """Same rollouts (a scripted engine) on 1 rank (unsharded) and 2 ranks (DDP, or FSDP2 with the policy

@@ -57,6 +57,7 @@ def _fit(
     dynamic: bool = False,
     validate: bool = False,
     stale: bool = False,
+    lora: bool = False,
 ) -> tuple[int, str]:
     args = [
         sys.executable, "-m", "real_lightning.cli", "fit",
@@ -87,6 +88,8 @@ def _fit(
     if stale:  # a rollout producer process, S = 2 (fixed), one optimizer step per rollout batch: 8 batches
         args += ["--data.schedule.max_staleness", "2", "--data.schedule.prompts_per_minibatch", "4"]
         args += ["--data.schedule.ppo_epochs", "1", "--model.importance_sampling", "token"]
+    if lora:  # adapters only in the optimizer and the checkpoints, π_ref = the policy with its adapters off
+        args += ["-c", str(REPO / "configs" / "lora.yaml"), "--model.kl_coef", "0.05"]
     if validate:  # every 2 steps, 2 batches of 2 held-out prompts
         args += ["--trainer.limit_val_batches", "2", "--trainer.val_check_interval", "2"]
         args += ["--data.validation.prompts_per_batch", "2"]
@@ -106,32 +109,34 @@ def _records(root: Path) -> dict[int, dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("dynamic", "stop", "stale"),
+    ("dynamic", "stop", "stale", "lora"),
     [
-        (False, "sigkill", False),
-        (True, "sigkill", False),
-        (False, "sigterm", False),
-        (False, "sigterm-validation", False),
-        (False, "sigkill", True),
+        (False, "sigkill", False, False),
+        (True, "sigkill", False, False),
+        (False, "sigterm", False, False),
+        (False, "sigterm-validation", False, False),
+        (False, "sigkill", True, False),
+        (False, "sigkill", False, True),
     ],
-    ids=["plain", "dynamic-sampling", "sigterm", "sigterm-in-validation", "async-staleness-2"],
+    ids=["plain", "dynamic-sampling", "sigterm", "sigterm-in-validation", "async-staleness-2", "lora-kl"],
 )
-def test_stop_then_resume_is_bit_identical(policy_dir, tmp_path, dynamic, stop, stale) -> None:
+def test_stop_then_resume_is_bit_identical(policy_dir, tmp_path, dynamic, stop, stale, lora) -> None:
     """SIGKILL after step KILL_AT (the checkpoint of step KILL_AT − 1 is the last), SIGTERM during step KILL_AT
     (the run finishes the step, writes last.ckpt at KILL_AT, exits 143 and says how to resume), or SIGTERM during
     the validation after step KILL_AT (abandoned after its first batch; the same checkpoint)."""
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     straight.mkdir(), broken.mkdir()
     validate = stop == "sigterm-validation"
-    assert _fit(policy_dir, straight, dynamic=dynamic, validate=validate, stale=stale)[0] == 0
-    code, output = _fit(policy_dir, broken, kill=stop, dynamic=dynamic, validate=validate, stale=stale)
+    options = {"dynamic": dynamic, "validate": validate, "stale": stale, "lora": lora}
+    assert _fit(policy_dir, straight, **options)[0] == 0
+    code, output = _fit(policy_dir, broken, kill=stop, **options)
     assert code == {"sigkill": -9, "sigterm": 143, "sigterm-validation": 143}[stop], output[-3000:]
     before_kill = _records(broken)
     assert max(before_kill) == KILL_AT and not (broken / "hf").exists()
     if stop.startswith("sigterm"):
         assert f"Stopped by SIGTERM after step {KILL_AT}" in output and "--ckpt_path last" in output, output[-3000:]
     (broken / "steps.jsonl").rename(broken / "steps_killed.jsonl")
-    assert _fit(policy_dir, broken, resume=True, dynamic=dynamic, validate=validate, stale=stale)[0] == 0
+    assert _fit(policy_dir, broken, resume=True, **options)[0] == 0
     first_resumed = KILL_AT if stop == "sigkill" else KILL_AT + 1  # the step after the last checkpoint
 
     expected, resumed = _records(straight), _records(broken)

@@ -42,9 +42,13 @@ class PolicySpec:
 
     @classmethod
     def of(cls, policy: nn.Module) -> PolicySpec:
-        """The spec of a (possibly FSDP2-wrapped) Hugging Face model."""
+        """The spec of a (possibly FSDP2-wrapped or adapted) Hugging Face model: an adapted one's base architecture
+        (the producer receives merged weights)."""
         from torch.distributed.fsdp import FSDPModule
 
+        from real_lightning.policy.lora import base_model
+
+        policy = base_model(policy)
         plain = next(c for c in type(policy).__mro__ if not issubclass(c, FSDPModule))
         return cls(plain, policy.config, next(policy.parameters()).dtype)
 

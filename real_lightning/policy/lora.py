@@ -1,0 +1,171 @@
+"""Low-rank adapters (LoRA, through PEFT) on the policy: ``model.lora``.
+
+With adapters the base weights are frozen and only the adapters train: the optimizer, its states and the
+gradients hold a few percent of the parameters, the reference policy π_ref of the KL term is the same model with
+the adapters turned off (no second copy), and a checkpoint holds the adapters and what resume needs, not the base.
+Engines receive *merged* weights under the base model's own parameter names (W + (α/r)·B·A for each adapted
+linear layer), so any engine (HFEngine's copy, VLLMEngine, the servers) loads them as it loads a full policy.
+
+The adapter of one linear layer of shape [out, in]: A [r, in] (random), B [out, r] (zeros), so training starts
+from the base policy exactly; its output is x·Wᵀ + (α/r)·dropout(x)·Aᵀ·Bᵀ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters on the policy (``model.lora``; overlay ``configs/lora.yaml``).
+
+    Args:
+        r: the adapters' rank (> 0).
+        alpha: their scale: the adapter's output is multiplied by ``alpha / r`` (PEFT's ``lora_alpha``).
+        dropout: dropout on the adapters' input while training, in [0, 1).
+        target_modules: the linear layers that get an adapter, by name or name suffix (``q_proj``,
+            ``model.layers.0.mlp.up_proj``), or ``all-linear``: every linear layer but the output head.
+        export: what ``model.export_dir`` and ``python -m real_lightning.export`` write: ``merged`` (the base with
+            the adapters merged in, ``save_pretrained``: loads in transformers and vLLM) or ``adapter`` (PEFT's
+            ``adapter_config.json`` and ``adapter_model.safetensors``: loads with ``PeftModel.from_pretrained`` on
+            the base model).
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | str = field(default_factory=lambda: "all-linear")
+    export: str = "merged"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"model.lora.r must be an integer > 0, got {self.r!r}")
+        if not self.alpha > 0:
+            raise ValueError(f"model.lora.alpha must be > 0, got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.lora.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.export not in ("merged", "adapter"):
+            raise ValueError(f"model.lora.export must be 'merged' or 'adapter', got {self.export!r}")
+        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
+            self.target_modules = [self.target_modules]
+        if not self.target_modules:
+            raise ValueError("model.lora.target_modules is empty: name the linear layers to adapt, or all-linear")
+
+
+def linear_layer_names(model: nn.Module) -> list[str]:
+    """Qualified names of the model's ``nn.Linear`` layers, output head excluded (what ``all-linear`` adapts)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head]
+
+
+def check_targets(model: nn.Module, targets: list[str] | str) -> None:
+    """Every target must match a linear layer of ``model`` (its full name or a ``.``-separated suffix of it)."""
+    if targets == "all-linear":
+        return
+    names = linear_layer_names(model)
+    for target in targets:
+        if not any(n == target or n.endswith("." + target) for n in names):
+            kinds = sorted({n.rsplit(".", 1)[-1] for n in names})
+            raise ValueError(
+                f"model.lora.target_modules: {target!r} matches no linear layer of the policy "
+                f"({type(model).__name__}); its linear layers end in {kinds}"
+            )
+
+
+def apply_lora(model: PreTrainedModel, config: LoRAConfig) -> PeftModel:
+    """``model`` with adapters on ``config.target_modules``: only the adapters require gradients."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:  # pragma: no cover - peft is in the dev and lora extras
+        raise ImportError("model.lora needs PEFT: pip install 'real-lightning[lora]'") from err
+    check_targets(model, config.target_modules)
+    peft_config = LoraConfig(
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=config.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    # adapters are initialised from the global RNG; fork it so that adding them changes no later draw
+    with torch.random.fork_rng(devices=[]):
+        adapted = get_peft_model(model, peft_config)
+    return adapted
+
+
+def is_adapted(model: nn.Module) -> bool:
+    """Whether ``model`` carries PEFT adapters."""
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The architecture under the adapters (itself without them): its class and config build plain copies."""
+    return model.get_base_model() if is_adapted(model) else model
+
+
+def trainable_state_dict(model: nn.Module, state: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
+    """The entries of a module ``state`` dict (keys under ``prefix``) that belong to trainable parameters of
+    ``model``; with adapters, the adapters only."""
+    trainable = {prefix + name for name, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in state.items() if k in trainable or not k.startswith(prefix)}
+
+
+def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+    from peft.tuners.lora import LoraLayer
+
+    return {name: m for name, m in base_model(model).named_modules() if isinstance(m, LoraLayer)}
+
+
+@torch.no_grad()
+def merged_named_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """``(name, tensor)`` of the plain architecture with every adapter merged (W + (α/r)·B·A), under the base
+    model's own parameter names (``model.layers.0.self_attn.q_proj.weight``), in its parameter order; adapter
+    tensors themselves are not yielded. One merged tensor is built at a time."""
+    layers = _lora_layers(model)
+    for name, param in base_model(model).named_parameters():
+        if ".lora_" in name:
+            continue
+        tensor = param.detach()
+        owner, _, leaf = name.rpartition(".")
+        if owner.endswith(".base_layer"):
+            layer = layers[owner[: -len(".base_layer")]]
+            if leaf == "weight":
+                for adapter in layer.active_adapters:
+                    tensor = tensor + layer.get_delta_weight(adapter).to(tensor.dtype)
+            name = owner[: -len(".base_layer")] + "." + leaf
+        yield name, tensor
+
+
+def merged_copy(model: nn.Module) -> nn.Module:
+    """A plain model of the base architecture holding the merged weights (for export; eval mode, no grad)."""
+    base = base_model(model)
+    first = next(base.parameters())
+    with torch.random.fork_rng(devices=[]):
+        plain = type(base)._from_config(base.config, dtype=first.dtype)
+    state = dict(merged_named_weights(model))
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    tied = set(getattr(plain, "_tied_weights_keys", None) or [])
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"merging the adapters: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return plain.eval().requires_grad_(False)
+
+
+def save_adapter(model: nn.Module, directory: Path) -> None:
+    """PEFT's adapter files (``adapter_config.json``, ``adapter_model.safetensors``) into ``directory``."""
+    model.save_pretrained(directory)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
