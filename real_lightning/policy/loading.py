@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 TINY_POLICY_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny-arithmetic-policy"
 """The shipped warm-started tiny policy (built by ``python -m real_lightning.policy.warmstart``)."""
+
+PLAIN_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+"""``tokenizer_class`` values of a tokenizer saved as a plain ``tokenizer.json`` (transformers 5 and 4)."""
 
 BUILTIN = "builtin:tiny"
 BUILTINS = (BUILTIN,)
@@ -59,12 +69,30 @@ def resolve_pretrained(pretrained: str) -> str:
 
 
 def load_tokenizer(pretrained: str) -> PreTrainedTokenizerBase:
-    """Tokenizer with left padding (for generation) and a pad token (EOS when it has none)."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(pretrained))
+    """Tokenizer with left padding (for generation) and a pad token (EOS when it has none).
+
+    A tokenizer saved as a plain ``tokenizer.json`` (``tokenizer_class`` ``TokenizersBackend`` or
+    ``PreTrainedTokenizerFast``, as the character tokenizer of the tiny policies is) is loaded exactly as saved:
+    ``AutoTokenizer`` would build the class of the model's type instead (``Qwen2Tokenizer`` for a Qwen2 config),
+    whose own pre-tokenizer and normalizer replace the saved ones (the character tokenizer then drops spaces).
+    """
+    source = resolve_pretrained(pretrained)
+    if saved_as_plain_tokenizer_json(source):
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def saved_as_plain_tokenizer_json(source: str) -> bool:
+    """Whether the local directory ``source`` holds a tokenizer saved without a model-specific class."""
+    config = Path(source).expanduser() / "tokenizer_config.json"
+    if not config.is_file():
+        return False
+    return json.loads(config.read_text()).get("tokenizer_class") in PLAIN_TOKENIZER_CLASSES
 
 
 def load_policy(pretrained: str, dtype: torch.dtype | None = None) -> PreTrainedModel:
