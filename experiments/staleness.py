@@ -6,13 +6,17 @@ rule written in docs/staleness.md before the grid ran.
     python -m experiments.staleness --out runs/staleness --stages policy pilot gates
     python -m experiments.staleness --out runs/staleness --summary experiments/results/staleness.json
     python -m experiments.staleness --tables experiments/results/staleness.json     # the report's tables
+    python -m experiments.staleness --out runs/staleness --restore experiments/results/staleness.json  # go on
 
 Stages:
 
-- ``policy``: warm-start a fresh ~3 M-parameter Qwen2 on countdown to dev Pass@1 0.3 (once);
-- ``pilot``: S = 0, seed 0, ``--pilot-steps`` steps per (loss, lr) of ``--lrs``; REAL runs at ``--real-lr``, and
-  each other loss gets the lr whose mean ``train/ppo_kl`` is nearest REAL's (in log ratio), reported with the
-  ratio (the rule asks for ±25 %);
+- ``policy``: the committed ~3 M-parameter Qwen2 warm-started on countdown to dev Pass@1 0.3
+  (``experiments/results/staleness/policy``); ``--rebuild-policy`` builds it again by the recipe (~45 min) and
+  says whether the weights are bit-identical;
+- ``pilot``: S = 0, seed 0, ``--pilot-steps`` steps per (loss, lr). REAL runs at each of ``--real-lrs`` and keeps
+  the largest whose last held-out Pass@1 is no more than 0.03 below the start (REAL at 1e-4 collapsed the policy:
+  0.315 → 0.041 in 25 steps); each other loss, swept over ``--lrs``, gets the lr whose mean ``train/ppo_kl`` is
+  nearest REAL's (in log ratio), reported with the ratio (the rule asks for ±25 %);
 - ``gates``: G1 (held-out Pass@1 at the start in [0.2, 0.5]), G2 (≥ 50 % of contrast groups with ≥ 2 distinct
   correct responses, REAL's pilot), G3 (at ``--high-staleness``: GRPO's p90 |s| of positives and of negatives
   ≥ 0.25 and ≥ 5 % of its positive-advantage tokens clipped, means over a ``--pilot-steps`` run), printed
@@ -46,11 +50,17 @@ ARMS = {
     "real_s0": ("real_s0", {"tau": 0.5}),
 }
 """Each arm of the grid: the loss and its hyper-parameters."""
+PILOT_DROP = 0.03
+"""The largest fall of held-out Pass@1 over a pilot run that REAL's lr may cause (the rule's threshold)."""
 CURVE_PREFIXES = ("val/held_out/", "mechanism/", "train/entropy", "train/ppo_kl", "rollout/reward_mean")
 CURVE_PREFIXES += ("rollout/staleness_batches_mean", "train/clip_fraction", "rollout/response_length_mean")
 POLICY_ARGS = ["--task", "countdown", "--hidden-size", "256", "--intermediate-size", "768"]
-POLICY_ARGS += ["--max-positions", "128", "--max-new-tokens", "48", "--batch-size", "128", "--eval-every", "25"]
-POLICY_ARGS += ["--lr", "1e-3"]  # 3e-3 (the arithmetic policy's) stalls at loss ~1.2 on countdown at this size
+POLICY_ARGS += ["--max-positions", "128", "--max-new-tokens", "48", "--batch-size", "128", "--eval-every", "50"]
+# 3e-3 (the arithmetic policy's) stalls at loss ~1.2 on countdown at this size; a constant 1e-3 plateaus near 0.2
+POLICY_ARGS += ["--lr", "1e-3", "--warmup-steps", "100", "--final-lr-fraction", "0.05", "--max-steps", "2000"]
+POLICY_ARGS += ["--threads", "1"]  # bit-identical rebuilds need the same thread count
+COMMITTED_POLICY = REPO / "experiments" / "results" / "staleness" / "policy"
+"""The study's policy as built by ``POLICY_ARGS`` (12.7 MB): every session's runs start from these very weights."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,21 @@ def final_pass_at_1(record: dict, last: int = 3) -> float:
     return statistics.fmean(values[-last:]) if values else math.nan
 
 
+def study_policy(out: Path, rebuild: bool) -> str:
+    """The committed policy; with ``rebuild``, the policy warm-started again under ``out`` by the recipe, its
+    weights' hash compared with the committed one's (printed either way)."""
+    if not rebuild and (COMMITTED_POLICY / "warmstart.json").exists():
+        info = json.loads((COMMITTED_POLICY / "warmstart.json").read_text())
+        print(f"policy: {COMMITTED_POLICY}, held-out Pass@1 {info['held_out_pass_at_1']:.3f}", flush=True)
+        return str(COMMITTED_POLICY)
+    policy = warm_start_policy(out)
+    committed = policy_info(str(COMMITTED_POLICY))
+    if committed is not None:
+        same = committed["weights_sha256"] == policy_info(policy)["weights_sha256"]
+        print(f"policy: the rebuild is {'bit-identical to' if same else 'DIFFERENT from'} {COMMITTED_POLICY}")
+    return policy
+
+
 def warm_start_policy(out: Path) -> str:
     policy = out / "policy"
     if not (policy / "warmstart.json").exists():
@@ -138,11 +163,20 @@ def warm_start_policy(out: Path) -> str:
 
 def pilot(out: Path, policy: str, args: argparse.Namespace, extra: list[str]) -> dict[str, dict]:
     """Per arm: the chosen lr, its mean ``train/ppo_kl`` and the ratio to REAL's (written to ``pilot.json``)."""
-    real = execute(Run("pilot", "real", args.real_lr, 0, 0, args.pilot_steps), out, policy, extra, "pilot real")
+    real_lrs = {
+        lr: execute(Run("pilot", "real", lr, 0, 0, args.pilot_steps), out, policy, extra, "pilot real")
+        for lr in args.real_lrs
+    }
+    kept = {lr: pass_at_1_change(record) for lr, record in real_lrs.items()}
+    stable = [lr for lr, change in kept.items() if change >= -PILOT_DROP]
+    real_lr = max(stable) if stable else min(kept)
+    if not stable:
+        print(f"pilot: REAL lowers held-out Pass@1 by more than {PILOT_DROP} at every lr; keeping the smallest")
+    real = real_lrs[real_lr]
     target = mean_of(real, "train/ppo_kl")
     if not target > 0:
         raise SystemExit(f"pilot: REAL's mean train/ppo_kl is {target}: the policy did not move (no reward contrast?)")
-    chosen = {"real": {"lr": args.real_lr, "ppo_kl": target, "ratio": 1.0}}
+    chosen = {"real": {"lr": real_lr, "ppo_kl": target, "ratio": 1.0, "pass_at_1_change": kept}}
     for arm in [a for a in args.arms if a != "real"]:
         kls = {}
         for lr in args.lrs:
@@ -157,9 +191,15 @@ def pilot(out: Path, policy: str, args: argparse.Namespace, extra: list[str]) ->
     return chosen
 
 
+def pass_at_1_change(record: dict) -> float:
+    """The run's last held-out Pass@1 minus its first (the validation before fit)."""
+    values = [v for _, v in record["curves"].get("val/held_out/pass@1", [])]
+    return values[-1] - values[0] if values else math.nan
+
+
 def gates(out: Path, policy: str, args: argparse.Namespace, extra: list[str], lrs: dict[str, dict]) -> dict:
     """G1–G3 as docs/staleness.md states them; written to ``gates.json`` and printed, pass or fail."""
-    real_pilot = Run("pilot", "real", args.real_lr, 0, 0, args.pilot_steps).folder(out)
+    real_pilot = Run("pilot", "real", lrs["real"]["lr"], 0, 0, args.pilot_steps).folder(out)
     real = json.loads((real_pilot / "done.json").read_text())
     start = [v for _, v in real["curves"].get("val/held_out/pass@1", [])][:1]
     grpo = Run("gates", "grpo", lrs["grpo"]["lr"], args.high_staleness, 0, args.pilot_steps)
@@ -181,9 +221,32 @@ def gates(out: Path, policy: str, args: argparse.Namespace, extra: list[str], lr
     return result
 
 
-def collect(out: Path, path: Path) -> None:
-    """Every finished run's record, the pilot's choice and the gates, in one committed JSON file."""
-    summary: dict = {"runs": {}}
+def policy_info(policy: str) -> dict | None:
+    """The policy's ``warmstart.json`` (its recipe, held-out Pass@1 and weights' SHA-256), if it has one."""
+    marker = Path(policy) / "warmstart.json"
+    return json.loads(marker.read_text()) if marker.exists() else None
+
+
+def same_policy(summary: dict, policy: str, path: Path) -> None:
+    """Refuse to mix runs of two policies: the summary's weights hash must be ``policy``'s."""
+    before, now = (summary.get("policy") or {}).get("weights_sha256"), (policy_info(policy) or {}).get("weights_sha256")
+    if before and before != now:
+        raise SystemExit(
+            f"{path}: its runs started from a policy with weights SHA-256 {before[:12]}…, {policy} has "
+            f"{(now or 'none')[:12]}…; rebuild the policy with the recipe in the summary (same --threads) or use "
+            "another summary file"
+        )
+
+
+def collect(out: Path, path: Path, policy: str | None = None) -> None:
+    """Every finished run's record, the pilot's choice, the gates and the policy's ``warmstart.json``, merged into
+    the committed JSON file at ``path`` (runs it already holds from earlier sessions stay; a run finished here
+    replaces its entry)."""
+    summary: dict = json.loads(path.read_text()) if path.exists() else {}
+    summary.setdefault("runs", {})
+    if policy is not None:
+        same_policy(summary, policy, path)
+        summary["policy"] = policy_info(policy) or summary.get("policy")
     for marker in sorted(out.glob("*/*/*/done.json")):
         stage, arm, name = marker.parts[-4:-1]
         summary["runs"].setdefault(stage, {}).setdefault(arm, {})[name] = json.loads(marker.read_text())
@@ -193,6 +256,30 @@ def collect(out: Path, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rounded(summary), separators=(",", ":")) + "\n")
     print(f"summary: {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+def restore(path: Path, out: Path, policy: str) -> int:
+    """Write the finished runs of a committed summary back as ``done.json`` markers under ``out`` (and its
+    ``pilot.json`` and ``gates.json``), so a later session skips them; returns how many runs it restored.
+
+    Runs already finished under ``out`` are kept. Refused when the summary's runs started from other weights.
+    """
+    summary = json.loads(path.read_text())
+    same_policy(summary, policy, path)
+    restored = 0
+    for stage, arms in summary.get("runs", {}).items():
+        for arm, runs in arms.items():
+            for name, record in runs.items():
+                marker = out / stage / arm / name / "done.json"
+                if not marker.exists():
+                    marker.parent.mkdir(parents=True, exist_ok=True)
+                    marker.write_text(json.dumps(record, indent=1) + "\n")
+                    restored += 1
+    for name in ("pilot", "gates"):
+        if name in summary and not (out / f"{name}.json").exists():
+            (out / f"{name}.json").write_text(json.dumps(summary[name], indent=1) + "\n")
+    print(f"restore: {restored} finished runs from {path}", flush=True)
+    return restored
 
 
 def grid_table(summary: dict) -> str:
@@ -221,12 +308,21 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps of each grid run")
     parser.add_argument("--pilot-steps", type=int, default=40, help="optimizer steps of each pilot and gate run")
-    parser.add_argument("--real-lr", type=float, default=1e-4, help="REAL's lr: the others are matched to it")
-    parser.add_argument("--lrs", nargs="+", type=float, default=[3e-5, 1e-4, 3e-4], help="the other arms' sweep")
+    parser.add_argument(
+        "--real-lrs", nargs="+", type=float, default=[1e-5, 3e-5, 1e-4],
+        help="REAL's sweep: the largest that keeps held-out Pass@1 (within 0.03) is REAL's lr, the others match it",
+    )  # fmt: skip
+    parser.add_argument("--lrs", nargs="+", type=float, default=[1e-5, 3e-5, 1e-4, 3e-4], help="the other arms' sweep")
     parser.add_argument("--high-staleness", type=int, default=4, help="S_high, in rollout batches")
-    parser.add_argument("--policy", help="start every run from this policy instead of the warm-started one")
+    parser.add_argument("--policy", help="start every run from this policy instead of the study's committed one")
+    parser.add_argument(
+        "--rebuild-policy", action="store_true", help="warm-start the policy again (~45 min) and compare its hash"
+    )
     parser.add_argument("--summary", type=Path, help="write the summary of every finished run here and exit")
     parser.add_argument("--tables", type=Path, help="print the report's tables from this summary and exit")
+    parser.add_argument(
+        "--restore", type=Path, help="first mark the runs this summary holds as finished (a later session goes on)"
+    )
     parser.add_argument("extra", nargs="*", help="more real-lightning arguments for every run (after --)")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -234,9 +330,11 @@ def main() -> None:
         print(grid_table(json.loads(args.tables.read_text())))
         return
     if args.summary:
-        collect(args.out, args.summary)
+        collect(args.out, args.summary, args.policy or study_policy(args.out, args.rebuild_policy))
         return
-    policy = args.policy or warm_start_policy(args.out)
+    policy = args.policy or study_policy(args.out, args.rebuild_policy)
+    if args.restore:
+        restore(args.restore, args.out, policy)
     if "grpo" not in args.arms or "real" not in args.arms:
         raise SystemExit("--arms must include real (the pilot's reference) and grpo (gate G3)")
     if "pilot" in args.stages or "gates" in args.stages or "grid" in args.stages:

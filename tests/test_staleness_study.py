@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from experiments import staleness
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,11 +47,12 @@ def test_pilot_and_gates_on_a_tiny_regime(tmp_path) -> None:
     they say, from a GRPO run that did train on stale batches."""
     command = [sys.executable, "-m", "experiments.staleness", "--out", str(tmp_path), "--policy", "builtin:tiny"]
     command += ["--arms", "real", "grpo", "--stages", "pilot", "gates", "--pilot-steps", "4", "--lrs", "1e-3"]
-    command += ["--real-lr", "1e-3", "--high-staleness", "2", "--", *SMALL]
+    command += ["--real-lrs", "1e-3", "--high-staleness", "2", "--", *SMALL]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     pilot = json.loads((tmp_path / "pilot.json").read_text())
     assert pilot["real"]["ratio"] == 1.0 and pilot["grpo"]["lr"] == 1e-3 and pilot["grpo"]["ppo_kl"] > 0
+    assert pilot["real"]["lr"] == 1e-3 and set(pilot["real"]["pass_at_1_change"]) == {"0.001"}
     gates = json.loads((tmp_path / "gates.json").read_text())
     assert set(gates) == {"G1", "G2", "G3"} and all(isinstance(g["pass"], bool) for g in gates.values())
     assert "G3: " in result.stdout and gates["G3"]["staleness"] == 2
@@ -69,3 +72,36 @@ def test_summary_and_tables_pair_the_seeds(tmp_path) -> None:
     table = staleness.grid_table(json.loads((tmp_path / "summary.json").read_text()))
     assert "| real | 0 | 0.500 ± 0.141 | 0: 0.400, 1: 0.600 |" in table
     assert "| grpo | 4 | 0.250 ± 0.071 | 0: 0.200, 1: 0.300 |" in table
+
+
+def _policy(folder: Path, sha: str) -> str:
+    folder.mkdir(parents=True)
+    (folder / "warmstart.json").write_text(json.dumps({"weights_sha256": sha, "held_out_pass_at_1": 0.3}))
+    return str(folder)
+
+
+def test_a_later_session_goes_on_from_the_committed_summary(tmp_path) -> None:
+    """The grid spans sessions: a summary merges what each session finished, ``restore`` marks those runs done in
+    a fresh folder (so ``execute`` skips them), and runs of a policy with other weights are refused, not mixed."""
+    policy = _policy(tmp_path / "policy", "a" * 64)
+    first, second, summary = tmp_path / "first", tmp_path / "second", tmp_path / "summary.json"
+    record = {"steps": 10, "curves": {"val/held_out/pass@1": [[10, 0.3]]}}
+    done = staleness.Run("grid", "real", 1e-4, 0, 0, 10)
+    done.folder(first).mkdir(parents=True)
+    (done.folder(first) / "done.json").write_text(json.dumps(record))
+    (first / "pilot.json").write_text(json.dumps({"real": {"lr": 1e-4}}))
+    staleness.collect(first, summary, policy)
+    assert staleness.restore(summary, second, policy) == 1
+    assert staleness.execute(done, second, policy, [], "skipped") == record  # finished: no fit starts
+    assert json.loads((second / "pilot.json").read_text()) == {"real": {"lr": 1e-4}}
+    later = staleness.Run("grid", "grpo", 1e-4, 4, 0, 10)
+    later.folder(second).mkdir(parents=True)
+    (later.folder(second) / "done.json").write_text(json.dumps(record))
+    staleness.collect(second, summary, policy)
+    merged = json.loads(summary.read_text())
+    assert set(merged["runs"]["grid"]) == {"real", "grpo"} and merged["policy"]["weights_sha256"] == "a" * 64
+    other = _policy(tmp_path / "other", "b" * 64)
+    with pytest.raises(SystemExit, match="SHA-256 aaaaaaaaaaaa"):
+        staleness.restore(summary, tmp_path / "third", other)
+    with pytest.raises(SystemExit, match="SHA-256 aaaaaaaaaaaa"):
+        staleness.collect(second, summary, other)

@@ -53,16 +53,19 @@ def test_sft_batch_masks_prompt_and_padding() -> None:
 
 
 def test_a_short_countdown_warm_start_writes_a_loadable_policy(tmp_path) -> None:
-    """Three supervised steps on a very small policy: the loss is computed, the run stops at max_steps, and
-    ``warmstart.json`` describes it (task, size, the weights' hash); the saved policy loads and its weights are
-    the ones hashed."""
+    """Three supervised steps on a very small policy (warm-up then cosine): the loss is computed, the run stops at
+    max_steps, and ``warmstart.json`` describes it (task, size, schedule, the weights' hash); the saved policy loads
+    and its weights are the ones hashed; a rebuild with the same arguments is bit-identical (the study's runs
+    across sessions start from the same weights)."""
     torch.set_num_threads(1)
     size = {"hidden_size": 32, "num_layers": 1, "intermediate_size": 64, "max_positions": 64}
     task = CountdownTask(num_numbers=3, num_train=64, num_held_out=4)
-    summary = warm_start(
-        tmp_path / "policy", target=2.0, batch_size=8, eval_every=3, max_steps=3, max_new_tokens=24, task=task,
-        model_size=size,
-    )  # fmt: skip
+    options = {"target": 2.0, "batch_size": 8, "eval_every": 3, "max_steps": 3, "max_new_tokens": 24, "task": task}
+    options |= {"model_size": size, "warmup_steps": 1, "final_lr_fraction": 0.1}
+    summary = warm_start(tmp_path / "policy", **options)
+    again = warm_start(tmp_path / "again", **options)
+    assert again["weights_sha256"] == summary["weights_sha256"]
+    assert (summary["warmup_steps"], summary["final_lr_fraction"], summary["max_steps"]) == (1, 0.1, 3)
     assert summary["sft_steps"] == 3 and 0.0 <= summary["held_out_pass_at_1"] <= 1.0
     saved = json.loads((tmp_path / "policy" / "warmstart.json").read_text())
     assert saved["task"] == {"name": "countdown", "num_numbers": 3, "max_number": 9, "num_train": 64}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -99,13 +100,17 @@ def warm_start(
     task: Task | None = None,
     init: str | None = None,
     model_size: dict[str, int] | None = None,
+    warmup_steps: int = 0,
+    final_lr_fraction: float = 1.0,
 ) -> dict[str, float]:
     """Train, stop at the target dev Pass@1, save model + tokenizer + ``warmstart.json`` to ``out``.
 
     ``task``: the built-in task to learn (default: 2-digit addition, the shipped policy's);
     ``init``: start from this policy (a path or ``builtin:tiny``) instead of fresh random weights;
     ``model_size``: keyword arguments of :func:`~real_lightning.policy.tiny.tiny_qwen2_config` for a fresh policy
-    (``hidden_size``, ``num_layers``, ``num_heads``, ``num_kv_heads``, ``intermediate_size``, ``max_positions``).
+    (``hidden_size``, ``num_layers``, ``num_heads``, ``num_kv_heads``, ``intermediate_size``, ``max_positions``);
+    ``warmup_steps``, ``final_lr_fraction``: the lr rises linearly over the first ``warmup_steps`` steps, then follows
+    a cosine from ``lr`` to ``lr * final_lr_fraction`` at ``max_steps`` (1.0, the default: constant after warm-up).
     """
     torch.manual_seed(seed)
     task = task or ArithmeticTask()
@@ -125,6 +130,9 @@ def warm_start(
                 f"--init {init}: vocabulary of {policy.config.vocab_size}, the task's has {len(tokenizer)}"
             )
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup_steps, max_steps, final_lr_fraction)
+    )
     start, step, dev_score = time.perf_counter(), 0, 0.0
     while step < max_steps:
         chosen = [train[i] for i in torch.randint(len(train), (batch_size,), generator=generator).tolist()]
@@ -134,6 +142,7 @@ def warm_start(
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        schedule.step()
         step += 1
         if step % eval_every == 0:
             dev_score = pass_at_1(policy, tokenizer, dev, 4, max_new_tokens, seed=step, reward=reward)
@@ -158,6 +167,9 @@ def warm_start(
         "init": init,
         "seed": seed,
         "lr": lr,
+        "warmup_steps": warmup_steps,
+        "final_lr_fraction": final_lr_fraction,
+        "max_steps": max_steps,
         "batch_size": batch_size,
         "parameters": sum(p.numel() for p in policy.parameters()),
         "model_size": dict(model_size or {}),
@@ -167,6 +179,19 @@ def warm_start(
     }
     (out / "warmstart.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def lr_factor(step: int, warmup_steps: int, max_steps: int, final_fraction: float) -> float:
+    """The multiple of the peak lr at supervised ``step`` (0-based): linear warm-up to 1 over ``warmup_steps``,
+    then a cosine from 1 down to ``final_fraction`` at ``max_steps``.
+
+    >>> [round(lr_factor(s, 2, 6, 0.0), 3) for s in range(7)]
+    [0.5, 1.0, 0.854, 0.5, 0.146, 0.0, 0.0]
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps + 1) / max(1, max_steps - warmup_steps))
+    return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _describe(task: Task) -> dict[str, object]:
@@ -190,7 +215,11 @@ def main() -> None:
     parser.add_argument("--num-numbers", type=int, default=4, help="numbers per countdown problem")
     parser.add_argument("--num-train", type=int, default=50_000, help="countdown training problems (3 numbers: ~6k)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--max-steps", type=int, default=3000)
+    parser.add_argument("--max-steps", type=int, default=3000, help="the last step, where the cosine schedule ends")
+    parser.add_argument("--warmup-steps", type=int, default=0, help="steps of linear lr warm-up")
+    parser.add_argument(
+        "--final-lr-fraction", type=float, default=1.0, help="lr at --max-steps as a fraction of --lr (1: constant)"
+    )
     parser.add_argument("--eval-every", type=int, default=5, help="supervised steps between dev Pass@1 checks")
     for name, default in (("hidden-size", 128), ("num-layers", 4), ("intermediate-size", 512), ("max-positions", 64)):
         parser.add_argument(f"--{name}", type=int, default=default, help="size of a fresh policy")
@@ -198,8 +227,13 @@ def main() -> None:
     parser.add_argument("--operations", default="+", help="operations of the task, e.g. '+-'")
     parser.add_argument("--max-new-tokens", type=int, default=12, help="response budget when measuring Pass@1")
     parser.add_argument("--init", help="start from this policy (path or builtin:tiny) instead of random weights")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default: torch's); a rebuild is bit-identical only at the same count",
+    )
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads or max(1, torch.get_num_threads()))
     if args.task == "countdown":
         task: Task = CountdownTask(num_numbers=args.num_numbers, num_train=args.num_train)
     else:
@@ -222,6 +256,8 @@ def main() -> None:
         task=task,
         init=args.init,
         model_size=None if args.init else size,
+        warmup_steps=args.warmup_steps,
+        final_lr_fraction=args.final_lr_fraction,
     )
     print(json.dumps(summary, indent=2))
 
