@@ -16,7 +16,8 @@ Stages:
 - ``pilot``: S = 0, seed 0, ``--pilot-steps`` steps per (loss, lr). REAL runs at each of ``--real-lrs`` and keeps
   the largest whose last held-out Pass@1 is no more than 0.03 below the start (REAL at 1e-4 collapsed the policy:
   0.315 → 0.041 in 25 steps); each other loss, swept over ``--lrs``, gets the lr whose mean ``train/ppo_kl`` is
-  nearest REAL's (in log ratio), reported with the ratio (the rule asks for ±25 %);
+  nearest REAL's (in log ratio), reported with the ratio (the rule asks for ±25 %); when no swept lr is within
+  ±25 %, up to ``--refinements`` more runs at the lr interpolated in log KL against log lr;
 - ``gates``: G1 (held-out Pass@1 at the start in [0.2, 0.5]), G2 (≥ 50 % of contrast groups with ≥ 2 distinct
   correct responses, REAL's pilot), G3 (at ``--high-staleness``: GRPO's p90 |s| of positives and of negatives
   ≥ 0.25 and ≥ 5 % of its positive-advantage tokens clipped, means over a ``--pilot-steps`` run), printed
@@ -182,6 +183,14 @@ def pilot(out: Path, policy: str, args: argparse.Namespace, extra: list[str]) ->
         for lr in args.lrs:
             record = execute(Run("pilot", arm, lr, 0, 0, args.pilot_steps), out, policy, extra, f"pilot {arm}")
             kls[lr] = mean_of(record, "train/ppo_kl")
+        for _ in range(args.refinements):  # the sweep is coarse: KL grows about as lr², 3× the lr is ~10× the KL
+            if any(0.75 <= kls[x] / target <= 1.25 for x in kls if kls[x] > 0):
+                break
+            lr = interpolated_lr(kls, target)
+            if lr is None or lr in kls:
+                break
+            record = execute(Run("pilot", arm, lr, 0, 0, args.pilot_steps), out, policy, extra, f"pilot {arm}")
+            kls[lr] = mean_of(record, "train/ppo_kl")
         lr = min(kls, key=lambda x: abs(math.log(kls[x] / target)) if kls[x] > 0 else math.inf)
         chosen[arm] = {"lr": lr, "ppo_kl": kls[lr], "ratio": kls[lr] / target, "sweep": kls}
     (out / "pilot.json").write_text(json.dumps(chosen, indent=1) + "\n")
@@ -189,6 +198,23 @@ def pilot(out: Path, policy: str, args: argparse.Namespace, extra: list[str]) ->
         flag = "" if 0.75 <= c["ratio"] <= 1.25 else "  (outside ±25 %)"
         print(f"pilot: {arm} lr {c['lr']:g}, mean ppo_kl {c['ppo_kl']:.3g}, {c['ratio']:.2f}× REAL's{flag}")
     return chosen
+
+
+def interpolated_lr(kls: dict[float, float], target: float) -> float | None:
+    """The lr at which the mean KL would be ``target``, by a straight line in log KL against log lr between the two
+    swept lrs that bracket it (rounded to two significant digits); None when no pair brackets it.
+
+    >>> interpolated_lr({1e-5: 1e-5, 1e-4: 1e-3}, 1e-4)  # KL ∝ lr² between the two
+    3.2e-05
+    """
+    below = [lr for lr, kl in kls.items() if 0 < kl < target]
+    above = [lr for lr, kl in kls.items() if kl > target]
+    if not below or not above:
+        return None
+    low, high = max(below, key=lambda x: kls[x]), min(above, key=lambda x: kls[x])
+    slope = math.log(kls[high] / kls[low]) / math.log(high / low)
+    lr = low * (target / kls[low]) ** (1 / slope)
+    return float(f"{lr:.2g}")
 
 
 def pass_at_1_change(record: dict) -> float:
@@ -313,6 +339,9 @@ def main() -> None:
         help="REAL's sweep: the largest that keeps held-out Pass@1 (within 0.03) is REAL's lr, the others match it",
     )  # fmt: skip
     parser.add_argument("--lrs", nargs="+", type=float, default=[1e-5, 3e-5, 1e-4, 3e-4], help="the other arms' sweep")
+    parser.add_argument(
+        "--refinements", type=int, default=2, help="runs per loss at an interpolated lr when none is within ±25 %%"
+    )
     parser.add_argument("--high-staleness", type=int, default=4, help="S_high, in rollout batches")
     parser.add_argument("--policy", help="start every run from this policy instead of the study's committed one")
     parser.add_argument(
