@@ -228,7 +228,7 @@ def gates(out: Path, policy: str, args: argparse.Namespace, extra: list[str], lr
     real_pilot = Run("pilot", "real", lrs["real"]["lr"], 0, 0, args.pilot_steps).folder(out)
     real = json.loads((real_pilot / "done.json").read_text())
     start = [v for _, v in real["curves"].get("val/held_out/pass@1", [])][:1]
-    grpo = Run("gates", "grpo", lrs["grpo"]["lr"], args.high_staleness, 0, args.pilot_steps)
+    grpo = Run("gates", "grpo", lrs["grpo"]["lr"], args.high_staleness, 0, args.gate_steps or args.pilot_steps)
     stale = execute(grpo, out, policy, extra, f"gate G3 grpo S={args.high_staleness}")
     p90 = [mean_of(stale, f"mechanism/score_abs_p90_{side}") for side in ("pos", "neg")]
     clipped = mean_of(stale, "mechanism/clipped_pos_share")
@@ -341,6 +341,9 @@ def main() -> None:
     parser.add_argument("--lrs", nargs="+", type=float, default=[1e-5, 3e-5, 1e-4, 3e-4], help="the other arms' sweep")
     parser.add_argument(
         "--refinements", type=int, default=2, help="runs per loss at an interpolated lr when none is within ±25 %%"
+    )
+    parser.add_argument(
+        "--gate-steps", type=int, help="optimizer steps of the G3 run (default: --pilot-steps); > 4·S to reach S"
     )
     parser.add_argument("--high-staleness", type=int, default=4, help="S_high, in rollout batches")
     parser.add_argument("--policy", help="start every run from this policy instead of the study's committed one")
