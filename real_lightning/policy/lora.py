@@ -13,7 +13,7 @@ from the base policy exactly; its output is x·Wᵀ + (α/r)·dropout(x)·Aᵀ·
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,7 +44,7 @@ class LoRAConfig:
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    target_modules: list[str] | str = field(default_factory=lambda: "all-linear")
+    target_modules: list[str] | str = "all-linear"
     export: str = "merged"
 
     def __post_init__(self) -> None:
