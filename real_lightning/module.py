@@ -30,7 +30,7 @@ from real_lightning.logprobs.fused_head import check_fusable
 from real_lightning.losses import LossSpec, loss_config, resolve_loss
 from real_lightning.losses.kl import KLPenalty
 from real_lightning.policy.loading import BUILTIN, load_policy, load_tokenizer
-from real_lightning.policy.lora import LoRAConfig, apply_lora, merged_copy, save_adapter, trainable_state_dict
+from real_lightning.policy.lora import LoRAConfig, apply_lora, save_adapted, trainable_state_dict
 from real_lightning.policy.reference import AdaptersOffReference, ReferencePolicy
 from real_lightning.policy.sharding import (
     FSDPConfig,
@@ -469,10 +469,8 @@ class RealPolicyModule(LightningModule):
             directory.mkdir(parents=True, exist_ok=True)
             if self.lora is None:
                 self.policy.save_pretrained(directory, state_dict=weights)
-            elif self.lora.export == "adapter":
-                save_adapter(self.policy, directory)
             else:
-                merged_copy(self.policy).save_pretrained(directory)
+                save_adapted(self.policy, self.lora.export, directory)
             self.tokenizer.save_pretrained(directory)
         if self._trainer is not None:
             self.trainer.strategy.barrier("export_hf")

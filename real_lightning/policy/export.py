@@ -21,7 +21,7 @@ import torch
 
 from real_lightning.checkpoints.safety import load_distributed_checkpoint
 from real_lightning.policy.loading import load_policy, load_tokenizer
-from real_lightning.policy.lora import LoRAConfig, apply_lora, merged_copy, save_adapter
+from real_lightning.policy.lora import LoRAConfig, apply_lora, save_adapted
 from real_lightning.utils.dtypes import torch_dtype
 
 _PREFIX = "policy."
@@ -72,10 +72,7 @@ def export_adapted(
             f"{checkpoint}: adapters do not match model.lora: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     adapted.load_state_dict(adapters, strict=False)
-    if config.export == "adapter":
-        save_adapter(adapted, out_dir)
-    else:
-        merged_copy(adapted).save_pretrained(out_dir)
+    save_adapted(adapted, config.export, out_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -160,12 +160,11 @@ def merged_copy(model: nn.Module) -> nn.Module:
     return plain.eval().requires_grad_(False)
 
 
-def save_adapter(model: nn.Module, directory: Path) -> None:
-    """PEFT's adapter files (``adapter_config.json``, ``adapter_model.safetensors``) into ``directory``."""
-    model.save_pretrained(directory)
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+def save_adapted(model: nn.Module, export: str, directory: Path) -> None:
+    """Write an adapted policy to ``directory`` as ``model.lora.export`` says: ``merged`` (``save_pretrained`` of the
+    base architecture with the adapters merged in) or ``adapter`` (PEFT's ``adapter_config.json`` and
+    ``adapter_model.safetensors``)."""
+    if export == "adapter":
+        model.save_pretrained(directory)
+    else:
+        merged_copy(model).save_pretrained(directory)

@@ -18,6 +18,22 @@ from real_lightning.policy.sharding import FSDPConfig, empty_policy, is_sharded,
 from real_lightning.rollout.batch import RolloutBatch
 
 
+def frozen_logprobs(model: torch.nn.Module, batch: RolloutBatch, chunk_size: int, fused_head: bool) -> Tensor:
+    """[B, T] log-probs of the batch's response tokens under ``model`` at the batch's sampling temperature, without
+    gradients (what both kinds of π_ref compute)."""
+    with torch.no_grad():
+        logprobs, _ = sequence_logprobs(
+            model,
+            batch.input_ids,
+            batch.attention_mask,
+            batch.prompt_length,
+            temperature=batch.temperature if batch.temperature > 0 else 1.0,
+            chunk_size=chunk_size,
+            fused_head=fused_head,
+        )
+    return logprobs
+
+
 class ReferencePolicy:
     """π_ref: ``pretrained`` loaded in eval mode without gradients.
 
@@ -40,17 +56,7 @@ class ReferencePolicy:
 
     def logprobs(self, batch: RolloutBatch, chunk_size: int, fused_head: bool = False) -> Tensor:
         """[B, T] log π_ref of the response tokens at the batch's sampling temperature (no grad)."""
-        with torch.no_grad():
-            logprobs, _ = sequence_logprobs(
-                self.model,
-                batch.input_ids,
-                batch.attention_mask,
-                batch.prompt_length,
-                temperature=batch.temperature if batch.temperature > 0 else 1.0,
-                chunk_size=chunk_size,
-                fused_head=fused_head,
-            )
-        return logprobs
+        return frozen_logprobs(self.model, batch, chunk_size, fused_head)
 
 
 class AdaptersOffReference:
@@ -69,14 +75,5 @@ class AdaptersOffReference:
 
     def logprobs(self, batch: RolloutBatch, chunk_size: int, fused_head: bool = False) -> Tensor:
         """[B, T] log π_ref of the response tokens at the batch's sampling temperature (no grad)."""
-        with torch.no_grad(), self.model.disable_adapter():
-            logprobs, _ = sequence_logprobs(
-                self.model,
-                batch.input_ids,
-                batch.attention_mask,
-                batch.prompt_length,
-                temperature=batch.temperature if batch.temperature > 0 else 1.0,
-                chunk_size=chunk_size,
-                fused_head=fused_head,
-            )
-        return logprobs
+        with self.model.disable_adapter():
+            return frozen_logprobs(self.model, batch, chunk_size, fused_head)
