@@ -7,9 +7,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from real_lightning.checkpoints.safety import check_checkpoint_dir
+from real_lightning.checkpoints.safety import META_FILENAME, check_checkpoint_dir
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -41,6 +42,36 @@ class FSDP2Strategy(ModelParallelStrategy):
         """Lightning's loading, after :func:`~real_lightning.checkpoints.safety.check_checkpoint_dir` has read a
         checkpoint directory without running code from it (torch unpickles its ``.metadata``); ``meta.pt`` and
         single files load with ``weights_only=True`` unless asked otherwise."""
+        weights_only = True if weights_only is None else weights_only
         if Path(checkpoint_path).is_dir():
             check_checkpoint_dir(checkpoint_path)
-        return super().load_checkpoint(checkpoint_path, weights_only=True if weights_only is None else weights_only)
+            if any(not p.requires_grad for p in self.lightning_module.parameters()):
+                return self._load_trainable(Path(self.broadcast(checkpoint_path)), weights_only)
+        return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+
+    def _load_trainable(self, path: Path, weights_only: bool) -> dict[str, Any]:
+        """Lightning's distributed-checkpoint loading for a module whose checkpoints hold its trainable parameters
+        only (``model.lora``: the adapters; the frozen base is loaded from ``model.pretrained``): the module's
+        trainable entries and the optimizers' states are read from the shards, the metadata returned."""
+        from torch.distributed.checkpoint import load
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        module = self.lightning_module
+        trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+        state = {k: v for k, v in get_model_state_dict(module).items() if k in trainable}
+        load({"state_dict": state}, checkpoint_id=path)
+        set_model_state_dict(module, state, options=StateDictOptions(strict=False))
+        for index, optimizer in enumerate(self.optimizers):
+            key = f"optimizer_{index}"
+            optimizer_state = {key: get_optimizer_state_dict(module, optimizer)}
+            load(optimizer_state, checkpoint_id=path)
+            set_optimizer_state_dict(
+                module, optimizer, optim_state_dict=optimizer_state[key], options=StateDictOptions(cpu_offload=True)
+            )
+        return torch.load(path / META_FILENAME, weights_only=weights_only)

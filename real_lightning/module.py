@@ -30,7 +30,7 @@ from real_lightning.logprobs.fused_head import check_fusable
 from real_lightning.losses import LossSpec, loss_config, resolve_loss
 from real_lightning.losses.kl import KLPenalty
 from real_lightning.policy.loading import BUILTIN, load_policy, load_tokenizer
-from real_lightning.policy.lora import LoRAConfig, apply_lora, save_adapted, trainable_state_dict
+from real_lightning.policy.lora import LoRAConfig, apply_lora, export_state, save_adapted, trainable_state_dict
 from real_lightning.policy.reference import AdaptersOffReference, ReferencePolicy
 from real_lightning.policy.sharding import (
     FSDPConfig,
@@ -130,8 +130,6 @@ class RealPolicyModule(LightningModule):
         super().__init__()
         lora_config = LoRAConfig(**lora) if isinstance(lora, dict) else lora
         lora = dataclasses.asdict(lora_config) if lora_config is not None else None  # plain data in checkpoints
-        if lora_config is not None and fsdp:
-            raise ValueError("model.lora with model.fsdp is not supported yet: train adapters with DDP or one device")
         # names, ranges (tau > 0, clip >= 0, ...) checked at startup; a typed loss is called as is
         self.loss_fn, self.loss_kwargs = resolve_loss(loss, loss_kwargs)
         loss = loss_config(loss)  # saved as plain data (checkpoints load with weights_only=True)
@@ -148,7 +146,8 @@ class RealPolicyModule(LightningModule):
         if fused_head:
             check_fusable(self.policy)
         self.lora = lora_config
-        if lora_config is not None:
+        if lora_config is not None:  # the state the adapters are drawn from, replayed where FSDP2 loads them
+            self._lora_rng = torch.get_rng_state()
             self.policy = apply_lora(self.policy, lora_config)
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -182,9 +181,12 @@ class RealPolicyModule(LightningModule):
             raise ValueError("tensor parallelism is not supported: use real_lightning.fsdp.FSDP2Strategy")
         data_parallel = mesh["data_parallel"] if mesh is not None else None
         device = self.trainer.strategy.root_device
-        materialize(
-            self.policy, data_parallel, self.fsdp, self.hparams.pretrained, torch_dtype(self.hparams.dtype), device
-        )
+        pretrained, dtype = self.hparams.pretrained, torch_dtype(self.hparams.dtype)
+        adapted = None  # rank 0's full copy of a sharded adapted policy: the base, adapters drawn as unsharded
+        if self.lora is not None:
+            lora, rng = self.lora, self._lora_rng
+            adapted = lambda: apply_lora(load_policy(pretrained, dtype), lora, rng)  # noqa: E731
+        materialize(self.policy, data_parallel, self.fsdp, pretrained, dtype, device, adapted)
         if self.reference is not None:
             self.reference.configure(data_parallel, self.fsdp, device)
 
@@ -445,7 +447,7 @@ class RealPolicyModule(LightningModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.lora is not None:  # adapters from the checkpoint, the frozen base as loaded from ``pretrained``
+        if self.lora is not None and "state_dict" in checkpoint:  # adapters from the checkpoint, the base as loaded
             frozen = {k: v for k, v in self.state_dict().items() if k not in checkpoint["state_dict"]}
             checkpoint["state_dict"] = {**frozen, **checkpoint["state_dict"]}
         states = checkpoint.get("rng_states")
@@ -464,13 +466,17 @@ class RealPolicyModule(LightningModule):
         Call it on every rank: a sharded policy is gathered (a collective); rank 0 writes.
         """
         directory = Path(directory)
-        weights = full_state_dict(self.policy) if self.lora is None else {}
-        if self._trainer is None or self.trainer.is_global_zero:
+        writer = self._trainer is None or self.trainer.is_global_zero
+        if self.lora is None:
+            weights = full_state_dict(self.policy)
+        else:
+            weights = export_state(self.policy, self.lora.export, keep=writer)
+        if writer:
             directory.mkdir(parents=True, exist_ok=True)
             if self.lora is None:
                 self.policy.save_pretrained(directory, state_dict=weights)
             else:
-                save_adapted(self.policy, self.lora.export, directory)
+                save_adapted(self.policy, self.lora.export, directory, weights)
             self.tokenizer.save_pretrained(directory)
         if self._trainer is not None:
             self.trainer.strategy.barrier("export_hf")

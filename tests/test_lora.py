@@ -45,20 +45,19 @@ def test_a_bad_option_fails_at_construction_naming_it(policy_dir, lora, named) -
         RealPolicyModule(pretrained=policy_dir, lora=lora)
 
 
-def test_lora_with_fsdp_is_refused_at_construction(policy_dir) -> None:
-    with pytest.raises(ValueError, match=r"model.lora with model.fsdp"):
-        RealPolicyModule(pretrained=policy_dir, lora=LORA, fsdp={"reshard_after_forward": True})
-
-
-def test_only_adapters_train_the_base_is_unchanged_and_the_reference_is_the_start(policy_dir, tmp_path) -> None:
+@pytest.mark.parametrize("dtype", [None, "bfloat16"], ids=["float32", "bf16-base"])
+def test_only_adapters_train_the_base_is_unchanged_and_the_reference_is_the_start(policy_dir, tmp_path, dtype) -> None:
     """Three steps with a KL term: the optimizer holds exactly the adapters (and has states for them only), every
     base weight is bit-identical after training, the adapters moved, and π_ref (adapters off) gives the starting
-    policy's log-probs exactly."""
-    module = RealPolicyModule(pretrained=policy_dir, lr=1e-2, kl_coef=0.1, lora=LORA)
-    start = RealPolicyModule(pretrained=policy_dir)
+    policy's log-probs exactly. ``model.dtype bfloat16`` holds the base in bf16 (2 bytes per weight) while the
+    adapters, their gradients and AdamW states stay float32 (PEFT's adapter upcast)."""
+    module = RealPolicyModule(pretrained=policy_dir, lr=1e-2, kl_coef=0.1, lora=LORA, dtype=dtype)
+    start = RealPolicyModule(pretrained=policy_dir, dtype=dtype)
     base = {n: p.detach().clone() for n, p in module.policy.named_parameters() if not p.requires_grad}
     adapters = {n: p.detach().clone() for n, p in module.policy.named_parameters() if p.requires_grad}
     assert adapters and all(".lora_A." in n or ".lora_B." in n for n in adapters)
+    assert {p.dtype for p in base.values()} == {torch.bfloat16 if dtype else torch.float32}
+    assert {p.dtype for p in adapters.values()} == {torch.float32}
     assert 0 < sum(p.numel() for p in adapters.values()) < 0.2 * sum(p.numel() for p in base.values())
     trainer = quiet_trainer(tmp_path, max_steps=3)
     datamodule = make_datamodule(ppo_epochs=3)
@@ -68,6 +67,7 @@ def test_only_adapters_train_the_base_is_unchanged_and_the_reference_is_the_star
     optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
     trainable = {id(p) for p in module.policy.parameters() if p.requires_grad}
     assert optimized == trainable and set(map(id, optimizer.state)) == trainable
+    assert {s["exp_avg"].dtype for s in optimizer.state.values()} == {torch.float32}
     now = dict(module.policy.named_parameters())
     assert all(torch.equal(now[n], base[n]) for n in base), "a frozen base weight changed"
     assert any(not torch.equal(now[n], adapters[n]) for n in adapters), "no adapter moved"

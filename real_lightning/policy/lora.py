@@ -82,8 +82,11 @@ def check_targets(model: nn.Module, targets: list[str] | str) -> None:
             )
 
 
-def apply_lora(model: PreTrainedModel, config: LoRAConfig) -> PeftModel:
-    """``model`` with adapters on ``config.target_modules``: only the adapters require gradients."""
+def apply_lora(model: PreTrainedModel, config: LoRAConfig, rng_state: Tensor | None = None) -> PeftModel:
+    """``model`` with adapters on ``config.target_modules``: only the adapters require gradients.
+
+    The adapters are drawn from the global RNG (left as it was), or from ``rng_state`` (``torch.get_rng_state()``
+    of an earlier call): the same state draws the same adapters, on a model on the meta device or not."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as err:  # pragma: no cover - peft is in the dev and lora extras
@@ -99,6 +102,8 @@ def apply_lora(model: PreTrainedModel, config: LoRAConfig) -> PeftModel:
     )
     # adapters are initialised from the global RNG; fork it so that adding them changes no later draw
     with torch.random.fork_rng(devices=[]):
+        if rng_state is not None:
+            torch.set_rng_state(rng_state)
         adapted = get_peft_model(model, peft_config)
     return adapted
 
@@ -126,33 +131,68 @@ def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in base_model(model).named_modules() if isinstance(m, LoraLayer)}
 
 
+def _full(tensor: Tensor) -> Tensor:
+    """A parameter's full tensor: gathered when FSDP2 shards it (a collective), itself otherwise."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def _delta_weight(layer: nn.Module, params: dict[str, Tensor], owner: str) -> Tensor:
+    """(α/r)·B·A of the adapted layer ``owner`` (summed over its active adapters), from full tensors: [out, in]
+    (transposed for a ``fan_in_fan_out`` layer), as PEFT's ``get_delta_weight`` computes it."""
+    total: Tensor | None = None
+    for adapter in layer.active_adapters:
+        a = _full(params[f"{owner}.lora_A.{adapter}.weight"]).detach()
+        b = _full(params[f"{owner}.lora_B.{adapter}.weight"]).detach()
+        delta = (b @ a) * layer.scaling[adapter]
+        delta = delta.T if layer.fan_in_fan_out else delta
+        total = delta if total is None else total + delta
+    assert total is not None, f"{owner}: no active adapter"
+    return total
+
+
 @torch.no_grad()
 def merged_named_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     """``(name, tensor)`` of the plain architecture with every adapter merged (W + (α/r)·B·A), under the base
     model's own parameter names (``model.layers.0.self_attn.q_proj.weight``), in its parameter order; adapter
-    tensors themselves are not yielded. One merged tensor is built at a time."""
+    tensors themselves are not yielded. One merged tensor is built at a time. Under FSDP2 each tensor is gathered
+    first (a collective: every rank iterates them all, in the same order). A merged weight is in the wider of the
+    base's and the adapters' dtypes (a bfloat16 base with float32 adapters merges in float32)."""
     layers = _lora_layers(model)
-    for name, param in base_model(model).named_parameters():
+    params = dict(base_model(model).named_parameters())
+    for name, param in params.items():
         if ".lora_" in name:
             continue
-        tensor = param.detach()
+        tensor = _full(param).detach()
         owner, _, leaf = name.rpartition(".")
         if owner.endswith(".base_layer"):
-            layer = layers[owner[: -len(".base_layer")]]
+            owner = owner[: -len(".base_layer")]
             if leaf == "weight":
-                for adapter in layer.active_adapters:
-                    tensor = tensor + layer.get_delta_weight(adapter).to(tensor.dtype)
-            name = owner[: -len(".base_layer")] + "." + leaf
+                delta = _delta_weight(layers[owner], params, owner)
+                tensor = tensor.to(torch.promote_types(tensor.dtype, delta.dtype)) + delta
+            name = owner + "." + leaf
         yield name, tensor
 
 
-def merged_copy(model: nn.Module) -> nn.Module:
-    """A plain model of the base architecture holding the merged weights (for export; eval mode, no grad)."""
+def export_state(model: nn.Module, export: str, keep: bool = True) -> dict[str, Tensor]:
+    """What :func:`save_adapted` writes, on CPU: the merged weights (``export`` ``merged``) or the adapters
+    (``adapter``, under PEFT's names). Gathered under FSDP2, so call it on every rank; ranks with ``keep`` False
+    take part and return {}."""
+    if export == "adapter":
+        items: Iterator[tuple[str, Tensor]] = (
+            (name, _full(p).detach()) for name, p in model.named_parameters() if p.requires_grad
+        )
+    else:
+        items = merged_named_weights(model)
+    return {name: tensor.cpu() for name, tensor in items if keep}
+
+
+def merged_copy(model: nn.Module, state: dict[str, Tensor] | None = None) -> nn.Module:
+    """A plain model of the base architecture holding the merged weights (``state``, from :func:`export_state`;
+    computed here when None, unsharded only), for export; eval mode, no grad."""
     base = base_model(model)
-    first = next(base.parameters())
+    state = dict(merged_named_weights(model)) if state is None else state
     with torch.random.fork_rng(devices=[]):
-        plain = type(base)._from_config(base.config, dtype=first.dtype)
-    state = dict(merged_named_weights(model))
+        plain = type(base)._from_config(base.config, dtype=next(iter(state.values())).dtype)
     missing, unexpected = plain.load_state_dict(state, strict=False)
     tied = set(getattr(plain, "_tied_weights_keys", None) or [])
     if unexpected or set(missing) - tied:
@@ -160,11 +200,13 @@ def merged_copy(model: nn.Module) -> nn.Module:
     return plain.eval().requires_grad_(False)
 
 
-def save_adapted(model: nn.Module, export: str, directory: Path) -> None:
+def save_adapted(model: nn.Module, export: str, directory: Path, state: dict[str, Tensor] | None = None) -> None:
     """Write an adapted policy to ``directory`` as ``model.lora.export`` says: ``merged`` (``save_pretrained`` of the
     base architecture with the adapters merged in) or ``adapter`` (PEFT's ``adapter_config.json`` and
-    ``adapter_model.safetensors``)."""
+    ``adapter_model.safetensors``). ``state``: :func:`export_state`'s, gathered beforehand on every rank (FSDP2);
+    None computes it here (unsharded)."""
+    state = export_state(model, export) if state is None else state
     if export == "adapter":
-        model.save_pretrained(directory)
+        model.save_pretrained(directory, state_dict=state)
     else:
-        merged_copy(model).save_pretrained(directory)
+        merged_copy(model, state).save_pretrained(directory)

@@ -8,7 +8,7 @@ on CPU (gloo).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,6 +19,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from real_lightning.policy.loading import load_policy, resolve_pretrained
+from real_lightning.policy.lora import base_model
 from real_lightning.utils.dtypes import torch_dtype
 
 
@@ -82,7 +83,9 @@ def empty_policy(pretrained: str, dtype: torch.dtype | None) -> PreTrainedModel:
 
 
 def shard_policy(policy: PreTrainedModel, mesh: DeviceMesh, config: FSDPConfig) -> None:
-    """``fully_shard`` every decoder layer, then the root (embeddings, final norm and the tied head)."""
+    """``fully_shard`` every decoder layer, then the root (embeddings, final norm and the tied head). With adapters
+    (``model.lora``) each layer's frozen base weights and trainable adapters share its unit: FSDP2 reduce-scatters
+    the gradients of the parameters that have them."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mixed = MixedPrecisionPolicy(
@@ -90,7 +93,7 @@ def shard_policy(policy: PreTrainedModel, mesh: DeviceMesh, config: FSDPConfig) 
         reduce_dtype=torch_dtype(config.reduce_dtype),
     )
     kwargs: dict[str, Any] = {"mesh": mesh, "mp_policy": mixed, "reshard_after_forward": config.reshard_after_forward}
-    layers = getattr(getattr(policy, "model", None), "layers", None)
+    layers = getattr(getattr(base_model(policy), "model", None), "layers", None)
     if layers is None:
         raise ValueError(f"{type(policy).__name__} has no model.layers to shard (a decoder-only causal LM expected)")
     for layer in layers:
@@ -98,9 +101,18 @@ def shard_policy(policy: PreTrainedModel, mesh: DeviceMesh, config: FSDPConfig) 
     fully_shard(policy, **kwargs)
 
 
-def load_weights(policy: PreTrainedModel, pretrained: str, dtype: torch.dtype | None, device: torch.device) -> None:
+def load_weights(
+    policy: nn.Module,
+    pretrained: str,
+    dtype: torch.dtype | None,
+    device: torch.device,
+    full_policy: Callable[[], nn.Module] | None = None,
+) -> None:
     """Materialise a (sharded) policy built by :func:`empty_policy` and load its checkpoint: rank 0 reads it
-    and broadcasts, every rank keeps its shard (one full copy on rank 0, never one per rank)."""
+    and broadcasts, every rank keeps its shard (one full copy on rank 0, never one per rank).
+
+    ``full_policy`` builds rank 0's full copy when ``pretrained`` alone does not (an adapted policy: the base
+    with its adapters initialised as the unsharded path initialises them); default ``load_policy``."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     buffers = {name: buffer.clone() for name, buffer in policy.named_buffers()}
@@ -110,29 +122,32 @@ def load_weights(policy: PreTrainedModel, pretrained: str, dtype: torch.dtype | 
             buffer.copy_(buffers[name])
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank0 = not distributed or torch.distributed.get_rank() == 0
-    full = load_policy(pretrained, dtype).state_dict() if rank0 else {}
+    build = full_policy or (lambda: load_policy(pretrained, dtype))
+    full = build().state_dict() if rank0 else {}
     if not is_sharded(policy):
         policy.load_state_dict(full)
-        policy.tie_weights()
+        base_model(policy).tie_weights()
         return
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     set_model_state_dict(policy, full, options=options)
 
 
 def materialize(
-    policy: PreTrainedModel,
+    policy: nn.Module,
     mesh: DeviceMesh | None,
     config: FSDPConfig | None,
     pretrained: str,
     dtype: torch.dtype | None,
     device: torch.device,
+    full_policy: Callable[[], nn.Module] | None = None,
 ) -> None:
     """Shard ``policy`` over ``mesh`` (unless None or done) and load its weights if still on the meta device;
-    what a built-on-meta policy needs once the process group exists. Idempotent."""
+    what a built-on-meta policy needs once the process group exists (``full_policy``: see :func:`load_weights`).
+    Idempotent."""
     if mesh is not None and not is_sharded(policy):
         shard_policy(policy, mesh, config or FSDPConfig())
     if has_meta_parameters(policy):
-        load_weights(policy, pretrained, dtype, device)
+        load_weights(policy, pretrained, dtype, device, full_policy)
 
 
 def full_state_dict(policy: nn.Module) -> dict[str, Tensor]:

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from real_lightning.policy.export import export_checkpoint
+from real_lightning.policy.export import export_checkpoint, read_checkpoint
 from real_lightning.policy.loading import BUILTIN
 from tests.pipeline.launch import REPO, run_ranks
 from tests.pipeline.small_runs import SCRIPTED, fit_args, step_records
@@ -38,8 +38,9 @@ LORA_AND_KL = ["-c", str(REPO / "configs" / "lora.yaml"), "--model.kl_coef", "0.
         ("real", True, []),
         ("grpo", True, CHECKPOINTING_AND_KL),
         ("real", False, LORA_AND_KL),
+        ("real", True, LORA_AND_KL),
     ],
-    ids=["real-ddp", "dapo-ddp", "real-fsdp", "grpo-fsdp-checkpointing-kl", "real-ddp-lora-kl"],
+    ids=["real-ddp", "dapo-ddp", "real-fsdp", "grpo-fsdp-checkpointing-kl", "real-ddp-lora-kl", "real-fsdp-lora-kl"],
 )
 def test_two_processes_train_like_one(policy_dir, tmp_path, loss, fsdp, extra) -> None:
     """Same rollouts (a scripted engine) on 1 rank (unsharded) and 2 ranks (DDP, or FSDP2 with the policy
@@ -114,13 +115,22 @@ def test_a_skipped_update_on_one_rank_does_not_hang_the_other(policy_dir, tmp_pa
 
 
 @pytest.mark.parametrize(
-    ("fsdp", "stop"), [(False, "sigkill"), (True, "sigkill"), (True, "sigterm"), (True, "sigterm-validation")]
+    ("fsdp", "stop", "lora"),
+    [
+        (False, "sigkill", False),
+        (True, "sigkill", False),
+        (True, "sigterm", False),
+        (True, "sigterm-validation", False),
+        (True, "sigkill", True),
+    ],
+    ids=["ddp-sigkill", "fsdp-sigkill", "fsdp-sigterm", "fsdp-sigterm-validation", "fsdp-lora-sigkill"],
 )
-def test_two_process_resume_after_a_stop_is_exact(tmp_path, fsdp, stop) -> None:
+def test_two_process_resume_after_a_stop_is_exact(tmp_path, fsdp, stop, lora) -> None:
     """Both ranks SIGKILLed mid rollout batch (after step 3, before its checkpoint), rank 0 alone SIGTERMed
     during step 3 (both ranks finish it, write last.ckpt at step 3 and exit 143), or rank 0 alone SIGTERMed in
     the validation after step 2 (both ranks abandon it, write last.ckpt at step 2), resumed with --ckpt_path last:
-    every rank's steps bit-identical (FSDP2: from a distributed checkpoint, a directory of shards). HF generation
+    every rank's steps bit-identical (FSDP2: from a distributed checkpoint, a directory of shards; with LoRA its
+    shards hold the adapters and their optimizer states only, the base loads from the policy). HF generation
     on the shipped policy, rank 1 capped at 4 new tokens: the ranks' generate calls end at different lengths (a
     sharded policy must keep every rank decoding until all are done)."""
     checkpoint = {
@@ -139,6 +149,8 @@ def test_two_process_resume_after_a_stop_is_exact(tmp_path, fsdp, stop) -> None:
     if stop == "sigterm-validation":
         common += ["--trainer.val_check_interval", "2"]
     common += ["--data.verifier.reward", "math"]
+    if lora:
+        common += ["-c", str(REPO / "configs" / "lora.yaml")]
     shorter = {
         "class_path": "tests.pipeline.callbacks_for_tests.ShorterGenerationOnRank",
         "init_args": {"rank": 1, "max_new_tokens": 4},
@@ -178,6 +190,9 @@ def test_two_process_resume_after_a_stop_is_exact(tmp_path, fsdp, stop) -> None:
     # the final weights, gathered at fit's end (export_dir) and exported later from the last checkpoint, agree
     last = next((tmp_path / "straight").rglob("last.ckpt"))
     assert last.is_dir() == fsdp  # FSDP writes a distributed checkpoint: a directory of shards + meta.pt
+    if lora:  # its shards hold the adapters (and their optimizer states), not the frozen base
+        policy_keys = [k for k in read_checkpoint(last)["state_dict"] if k.startswith("policy.")]
+        assert policy_keys and all(".lora_" in k for k in policy_keys), policy_keys[:5]
     exported = export_checkpoint(last, tmp_path / "exported")
     at_fit_end, later = (load_file(d / "model.safetensors") for d in (tmp_path / "straight" / "hf", exported))
     assert at_fit_end.keys() == later.keys() and all(torch.equal(at_fit_end[k], later[k]) for k in later)
