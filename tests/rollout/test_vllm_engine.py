@@ -10,6 +10,8 @@ import torch
 
 from real_lightning.logprobs import sequence_logprobs
 from real_lightning.policy.loading import BUILTIN, load_policy, load_tokenizer
+from real_lightning.policy.lora import LoRAConfig, apply_lora, export_state, save_adapted
+from real_lightning.policy.weights import named_full_weights
 from real_lightning.rollout.hf import HFEngine
 
 pytestmark = pytest.mark.vllm
@@ -146,6 +148,60 @@ def test_weights_sync_once_per_version_and_change_the_samples(tiny, engine) -> N
     assert greedy.generate(prompts, 1, seed=0).texts == before
 
 
+def _adapted(policy, scale: float, seed: int):
+    """The policy with LoRA adapters (r 8) whose B is random (B = 0 would make them a no-op)."""
+    adapted = apply_lora(copy.deepcopy(policy), LoRAConfig(r=8, alpha=16.0))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in adapted.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    return adapted.eval()
+
+
+def _gap(policy, gen) -> float:
+    with torch.no_grad():
+        ours, _ = sequence_logprobs(policy, gen.input_ids, gen.attention_mask, gen.prompt_length)
+    return float((ours - gen.behaviour_logprobs).abs()[gen.response_mask].max())
+
+
+def test_adapter_sync_samples_with_the_adapters_like_the_merged_sync(tiny, engine) -> None:
+    """``lora_sync: adapter``: vLLM keeps the base and samples with the pushed adapters (a LoRARequest): the samples
+    change, their log-probs are the adapted policy's (as with the merged weights pushed into the shared engine), a
+    pushed version is not written again, a new version replaces the adapter, and teardown removes the files."""
+    policy, tokenizer, prompts = tiny
+    first, second = _adapted(policy, 0.3, seed=1), _adapted(policy, 0.3, seed=2)
+    sampler = VLLMEngine(max_new_tokens=12, temperature=1.0, dtype="float32", enforce_eager=True, lora_sync="adapter")
+    sampler.setup(first, tokenizer)
+    base = sampler.generate(prompts, 4, seed=5)
+    assert _gap(policy, base) < 1e-3  # no adapter pushed yet: the base
+
+    def push(adapted, version: int) -> None:
+        state = export_state(adapted, "adapter")
+        sampler.update_adapter(lambda folder: save_adapted(adapted, "adapter", folder, state), version)
+
+    push(first, 1)
+    with_adapters = sampler.generate(prompts, 4, seed=5)
+    assert with_adapters.texts != base.texts
+    assert _gap(first, with_adapters) < 1e-3, "vLLM's LoRA kernels do not give the adapted policy's log-probs"
+    merged = _sharing(engine, temperature=1.0, max_new_tokens=12)
+    merged.update_weights(named_full_weights(first), version=101)
+    assert _gap(first, merged.generate(prompts, 4, seed=5)) < 1e-3
+
+    def must_not_write(folder) -> None:
+        raise AssertionError("the adapter was written although the version did not change")
+
+    sampler.update_adapter(must_not_write, 1)
+    push(second, 2)
+    again = sampler.generate(prompts, 4, seed=5)
+    assert again.texts != with_adapters.texts and _gap(second, again) < 1e-3
+    folder = sampler._adapter_dir
+    assert [f.name for f in folder.iterdir()] == ["v2"]  # one version's files at a time
+    sampler.teardown()
+    assert not folder.exists()
+    merged.update_weights(policy.named_parameters(), version=102)  # the shared engine back to the shipped weights
+
+
 def _recording(update_weights, versions: list[int]):
     def record(named_tensors, version: int) -> None:
         versions.append(version)
@@ -174,3 +230,21 @@ def test_training_with_vllm_logs_the_mismatch_and_can_take_old_logprobs_from_it(
             assert abs(metrics["rollout/is_weight_mean"] - 1) < 1e-3
         else:  # π_old = π_behaviour: nothing to correct
             assert metrics["rollout/mismatch_abs_max"] == 0 and metrics["rollout/is_weight_mean"] == 1
+
+
+def test_training_with_lora_on_vllm_adapter_sync(tmp_path) -> None:
+    """``model.lora`` + ``VLLMEngine(lora_sync=adapter)``: the module pushes the adapters once per step and the
+    sampler's log-probs stay the trainer's (π_old from the trainer: the gap is the kernels')."""
+    from real_lightning.module import RealPolicyModule
+    from tests.test_training import make_datamodule, quiet_trainer
+
+    trainer = quiet_trainer(tmp_path, max_steps=2)
+    module = RealPolicyModule(importance_sampling="token", lr=1e-2, lora={"r": 8, "alpha": 16.0})
+    pushed: list[int] = []
+    sampler = VLLMEngine(max_new_tokens=6, temperature=1.0, dtype="float32", enforce_eager=True, lora_sync="adapter")
+    update = sampler.update_adapter
+    sampler.update_adapter = lambda write, version: (pushed.append(version), update(write, version))
+    trainer.fit(module, make_datamodule(engine=sampler, old_logprobs="trainer"))
+    assert pushed == [0, 1]
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert 0 < metrics["rollout/mismatch_abs_max"] < 1e-3, metrics
