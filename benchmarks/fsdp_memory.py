@@ -68,11 +68,13 @@ def worker(spec: dict) -> dict:
     args = argparse.Namespace(**spec["args"])
     torch.set_num_threads(args.threads)
     rank, world, sharded = spec["rank"], spec["world"], spec["fsdp"]
+    lora, dtype = spec.get("lora"), getattr(torch, spec.get("dtype", "float32"))  # benchmarks/lora_memory.py
     if sharded:
         torch.distributed.init_process_group("gloo", rank=rank, world_size=world, init_method=spec["init"])
     from real_lightning.logprobs import sequence_logprobs
     from real_lightning.losses import LOSSES
     from real_lightning.policy.loading import load_policy
+    from real_lightning.policy.lora import LoRAConfig, apply_lora
     from real_lightning.policy.sharding import FSDPConfig, empty_policy, load_weights, shard_policy, total_grad_norm
     from real_lightning.step.accumulate import accumulate_step
 
@@ -84,13 +86,19 @@ def worker(spec: dict) -> dict:
     if sharded:
         from torch.distributed.device_mesh import init_device_mesh
 
-        policy = empty_policy(spec["model_dir"], torch.float32)
+        policy = empty_policy(spec["model_dir"], dtype)
+        rng = torch.get_rng_state()
+        if lora:
+            policy = apply_lora(policy, LoRAConfig(**lora), rng)
         shard_policy(policy, init_device_mesh("cpu", (world,)), FSDPConfig())
-        load_weights(policy, spec["model_dir"], torch.float32, device)
+        full = (lambda: apply_lora(load_policy(spec["model_dir"], dtype), LoRAConfig(**lora), rng)) if lora else None
+        load_weights(policy, spec["model_dir"], dtype, device, full)
     else:
-        policy = load_policy(spec["model_dir"], torch.float32)
+        policy = load_policy(spec["model_dir"], dtype)
+        policy = apply_lora(policy, LoRAConfig(**lora)) if lora else policy
     policy.train()
     params = [p for p in policy.parameters() if p.requires_grad]
+    frozen = [p for p in policy.parameters() if not p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-6)
 
     def logprobs_fn(b, with_entropy: bool = False):
@@ -125,8 +133,15 @@ def worker(spec: dict) -> dict:
             peak = max(peak, _peak_rss_bytes() - before_model)
     grads = [p.grad for p in params if p.grad is not None]
     state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
+    checkpoint = Path(spec["checkpoint"]) if spec.get("checkpoint") else None
+    if checkpoint is not None and not sharded:  # what a checkpoint holds: trainable weights + optimizer state
+        trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+        weights = {k: v for k, v in policy.state_dict().items() if k in trainable}
+        torch.save({"state_dict": weights, "optimizer": optimizer.state_dict()}, checkpoint)
     result = {
         "rank": rank,
+        "frozen_bytes": _bytes(frozen),
+        "checkpoint_bytes": checkpoint.stat().st_size if checkpoint is not None and checkpoint.exists() else None,
         "param_bytes": _bytes(params),
         "grad_bytes": _bytes(grads),
         "optimizer_bytes": _bytes(state),
@@ -139,13 +154,17 @@ def worker(spec: dict) -> dict:
     return result
 
 
-def run_config(args: argparse.Namespace, model_dir: str, world: int, sharded: bool, tmp: str) -> list[dict]:
-    """Start ``world`` worker processes and collect their results (rank order)."""
+def run_config(
+    args: argparse.Namespace, model_dir: str, world: int, sharded: bool, tmp: str, extra: dict | None = None
+) -> list[dict]:
+    """Start ``world`` worker processes and collect their results (rank order); ``extra``: more of the workers'
+    spec (``lora``, ``dtype``, ``checkpoint``: benchmarks/lora_memory.py)."""
     spec_args = {k: getattr(args, k) for k in ("groups", "prompt", "response", "vocab", "steps", "threads")}
     init = f"file://{Path(tmp) / f'init-{world}-{int(sharded)}'}"  # a fresh rendezvous file per configuration
     procs = []
     for rank in range(world):
         spec = {"args": spec_args, "rank": rank, "world": world, "fsdp": sharded, "init": init, "model_dir": model_dir}
+        spec |= extra or {}
         # big allocations mmapped and unmapped on free (glibc's adaptive threshold would keep freed tensors in
         # the heap): RSS then follows the live tensors, not what the allocator kept
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
