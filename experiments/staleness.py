@@ -5,7 +5,7 @@ rule written in docs/staleness.md before the grid ran.
     python -m experiments.staleness --out runs/staleness                    # every stage (resumable)
     python -m experiments.staleness --out runs/staleness --stages policy pilot gates
     python -m experiments.staleness --out runs/staleness --summary experiments/results/staleness.json
-    python -m experiments.staleness --tables experiments/results/staleness.json     # the report's tables
+    python -m experiments.staleness --tables experiments/results/staleness.json     # tables, verdict (_report)
     python -m experiments.staleness --out runs/staleness --restore experiments/results/staleness.json  # go on
 
 Stages:
@@ -122,15 +122,10 @@ def curves(folder: Path) -> dict[str, list[list[float]]]:
 
 
 def mean_of(record: dict, tag: str, first: int | None = None) -> float:
-    """Mean of a curve (its first ``first`` points only, if given); NaN when it was never logged."""
+    """Mean of a curve (its first ``first`` points only, if given; NaN points skipped); NaN when never logged."""
     values = [v for _, v in record["curves"].get(tag, [])][:first]
+    values = [v for v in values if not math.isnan(v)]
     return statistics.fmean(values) if values else math.nan
-
-
-def final_pass_at_1(record: dict, last: int = 3) -> float:
-    """The decision rule's score: the mean of the run's last ``last`` held-out Pass@1 validations."""
-    values = [v for _, v in record["curves"].get("val/held_out/pass@1", [])]
-    return statistics.fmean(values[-last:]) if values else math.nan
 
 
 def study_policy(out: Path, rebuild: bool) -> str:
@@ -308,23 +303,6 @@ def restore(path: Path, out: Path, policy: str) -> int:
     return restored
 
 
-def grid_table(summary: dict) -> str:
-    """Markdown: per arm and staleness, the rule's held-out Pass@1 (mean ± sd over seeds, and per seed)."""
-    grid = summary.get("runs", {}).get("grid", {})
-    lines = ["| arm | S | Pass@1, last 3 validations: mean ± sd | per seed |", "|---|---|---|---|"]
-    for arm in [a for a in ARMS if a in grid]:
-        by_s: dict[int, dict[int, float]] = {}
-        for name, record in grid[arm].items():
-            s, seed = (int(part) for part in name.split("-S")[1].split("-seed"))
-            by_s.setdefault(s, {})[seed] = final_pass_at_1(record)
-        for s, seeds in sorted(by_s.items()):
-            values = [seeds[k] for k in sorted(seeds)]
-            spread = statistics.stdev(values) if len(values) > 1 else math.nan
-            per_seed = ", ".join(f"{k}: {seeds[k]:.3f}" for k in sorted(seeds))
-            lines.append(f"| {arm} | {s} | {statistics.fmean(values):.3f} ± {spread:.3f} | {per_seed} |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "staleness")
@@ -359,7 +337,10 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.tables:
-        print(grid_table(json.loads(args.tables.read_text())))
+        from experiments.staleness_report import grid_table, mechanism_table, verdict
+
+        summary = json.loads(args.tables.read_text())
+        print(f"{grid_table(summary)}\n\n{mechanism_table(summary)}\n\n{json.dumps(verdict(summary), indent=1)}")
         return
     if args.summary:
         collect(args.out, args.summary, args.policy or study_policy(args.out, args.rebuild_policy))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import staleness
+from experiments import staleness, staleness_report
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -37,8 +37,8 @@ def test_arms_are_the_issues_losses() -> None:
 
 def test_the_rule_reads_the_mean_of_the_last_three_validations() -> None:
     record = {"curves": {"val/held_out/pass@1": [[0, 0.1], [25, 0.2], [50, 0.3], [75, 0.4], [100, 0.8]]}}
-    assert math.isclose(staleness.final_pass_at_1(record), 0.5)
-    assert math.isnan(staleness.final_pass_at_1({"curves": {}}))
+    assert math.isclose(staleness_report.score(record), 0.5)
+    assert math.isnan(staleness_report.score({"curves": {}}))
 
 
 def test_pilot_and_gates_on_a_tiny_regime(tmp_path) -> None:
@@ -69,7 +69,7 @@ def test_summary_and_tables_pair_the_seeds(tmp_path) -> None:
         curve = [[0, 0.1], [5, last], [10, last], [15, last]]
         (folder / "done.json").write_text(json.dumps({"steps": 10, "curves": {"val/held_out/pass@1": curve}}))
     staleness.collect(tmp_path, tmp_path / "summary.json")
-    table = staleness.grid_table(json.loads((tmp_path / "summary.json").read_text()))
+    table = staleness_report.grid_table(json.loads((tmp_path / "summary.json").read_text()))
     assert "| real | 0 | 0.500 ± 0.141 | 0: 0.400, 1: 0.600 |" in table
     assert "| grpo | 4 | 0.250 ± 0.071 | 0: 0.200, 1: 0.300 |" in table
 
@@ -105,3 +105,53 @@ def test_a_later_session_goes_on_from_the_committed_summary(tmp_path) -> None:
         staleness.restore(summary, tmp_path / "third", other)
     with pytest.raises(SystemExit, match="SHA-256 aaaaaaaaaaaa"):
         staleness.collect(second, summary, other)
+
+
+def _grid_summary(scores: dict, clipped: dict | None = None, g3: bool = False) -> dict:
+    """A summary whose grid run (arm, S, seed) ends at Pass@1 scores[arm][S][seed] (its last 3 validations), with
+    GRPO's clipped share and domination clipped[S] (0.01 otherwise) and equal KLs."""
+    grid: dict = {}
+    for arm, by_s in scores.items():
+        for s, values in by_s.items():
+            for seed, value in enumerate(values):
+                mechanism = (clipped or {}).get(s, 0.01) if arm == "grpo" else 0.01
+                curves = {
+                    "val/held_out/pass@1": [[0, 0.3], [250, value], [275, value], [300, value]],
+                    "mechanism/clipped_pos_share": [[1, mechanism]],
+                    "mechanism/neg_domination_mean": [[1, mechanism]],
+                    "train/ppo_kl": [[1, 1e-4]],
+                }
+                grid.setdefault(arm, {})[f"lr3e-05-S{s}-seed{seed}"] = {"curves": curves}
+    return {"runs": {"grid": grid}, "gates": {"G3": {"pass": g3}}}
+
+
+FLAT = {0: [0.40, 0.42, 0.41], 32: [0.40, 0.42, 0.41]}
+
+
+def test_the_verdict_follows_the_written_rule() -> None:
+    """The rule of docs/staleness.md on made-up grids: each verdict where its conditions hold, none before all
+    three seeds exist, and a loss whose S = 0 KL is off REAL's by more than 25 % flagged."""
+    report = staleness_report
+    supports = {arm: FLAT for arm in staleness.ARMS}
+    supports["real"] = {0: [0.40, 0.42, 0.41], 32: [0.46, 0.47, 0.45]}  # REAL gains at S_high, the others do not
+    result = report.verdict(_grid_summary(supports, clipped={0: 0.01, 32: 0.05}))
+    assert result["verdict"] == "supports" and result["S_high"] == 32 and result["seeds"] == [0, 1, 2]
+    assert [round(g, 6) for g in result["growth"]["grpo"]] == [0.06, 0.05, 0.04]
+    # the same Pass@1 without GRPO's clip rising: not "supports"; REAL ≠ real_s0 at S_high: not "inert"
+    assert report.verdict(_grid_summary(supports))["verdict"] == "tie"
+    # one seed against: the gap does not grow "in every seed"
+    against = {**supports, "real": {0: [0.40, 0.42, 0.41], 32: [0.46, 0.41, 0.45]}}
+    assert report.verdict(_grid_summary(against, clipped={0: 0.01, 32: 0.05}))["verdict"] != "supports"
+    inert = {arm: FLAT for arm in staleness.ARMS}
+    assert report.verdict(_grid_summary(inert))["verdict"] == "inert mechanism"
+    refutes = {**inert, "real": {0: [0.40, 0.42, 0.41], 32: [0.30, 0.33, 0.41]}, "real_s0": FLAT}
+    assert report.verdict(_grid_summary(refutes, g3=True))["verdict"] == "refutes"
+    assert report.verdict(_grid_summary(refutes, g3=False))["verdict"] != "refutes"  # G3 failed: unreachable
+    two_seeds = {arm: {s: v[:2] for s, v in FLAT.items()} for arm in staleness.ARMS}
+    assert report.verdict(_grid_summary(two_seeds))["verdict"].startswith("incomplete (2 of 3")
+    off = _grid_summary(inert)
+    for record in off["runs"]["grid"]["dapo"].values():
+        record["curves"]["train/ppo_kl"] = [[1, 1.3e-4]]
+    assert report.verdict(off)["lr_not_matched"] == ["dapo"]
+    tables = report.grid_table(off) + report.mechanism_table(off)
+    assert "| real_s0 | 32 | 0.410 ± 0.010 |" in tables and "| grpo | 32 | 3 |" in tables
