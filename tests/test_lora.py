@@ -150,3 +150,16 @@ def test_the_checkpoint_holds_the_adapters_and_resumes_them(policy_dir, tmp_path
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     merged = dict(merged_named_weights(module.policy))
     assert all(torch.equal(p, merged[n]) for n, p in exported.named_parameters())
+
+
+@pytest.mark.parametrize("dtype", [None, "bfloat16"], ids=["float32", "bf16-base"])
+def test_the_weight_layout_is_what_engines_receive(policy_dir, dtype) -> None:
+    """A rollout producer sizes its shared weight buffers before any weights are sent: the layout of an adapted
+    policy is the merged weights' names, shapes and dtypes (float32 where a bf16 base meets float32 adapters)."""
+    from real_lightning.policy.weights import named_weight_layout
+
+    module = RealPolicyModule(pretrained=policy_dir, lora=LORA, dtype=dtype)
+    layout = [(n, tuple(t.shape), t.dtype) for n, t in named_weight_layout(module.policy)]
+    sent = [(n, tuple(t.shape), t.dtype) for n, t in named_full_weights(module.policy)]
+    assert layout == sent
+    assert {d for _, _, d in sent} == ({torch.bfloat16, torch.float32} if dtype else {torch.float32})

@@ -150,6 +150,20 @@ def _delta_weight(layer: nn.Module, params: dict[str, Tensor], owner: str) -> Te
     return total
 
 
+def _base_entries(model: nn.Module) -> Iterator[tuple[str, Tensor, str | None]]:
+    """``(name, parameter, owner)`` for each parameter of the plain architecture, under its own name, in parameter
+    order: ``owner`` is the adapted layer's name where the parameter is the weight an adapter adds to, else None."""
+    for name, param in base_model(model).named_parameters():
+        if ".lora_" in name:
+            continue
+        owner, _, leaf = name.rpartition(".")
+        if owner.endswith(".base_layer"):
+            owner = owner[: -len(".base_layer")]
+            yield f"{owner}.{leaf}", param, owner if leaf == "weight" else None
+        else:
+            yield name, param, None
+
+
 @torch.no_grad()
 def merged_named_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     """``(name, tensor)`` of the plain architecture with every adapter merged (W + (α/r)·B·A), under the base
@@ -159,18 +173,25 @@ def merged_named_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     base's and the adapters' dtypes (a bfloat16 base with float32 adapters merges in float32)."""
     layers = _lora_layers(model)
     params = dict(base_model(model).named_parameters())
-    for name, param in params.items():
-        if ".lora_" in name:
-            continue
+    for name, param, owner in _base_entries(model):
         tensor = _full(param).detach()
-        owner, _, leaf = name.rpartition(".")
-        if owner.endswith(".base_layer"):
-            owner = owner[: -len(".base_layer")]
-            if leaf == "weight":
-                delta = _delta_weight(layers[owner], params, owner)
-                tensor = tensor.to(torch.promote_types(tensor.dtype, delta.dtype)) + delta
-            name = owner + "." + leaf
+        if owner is not None:
+            delta = _delta_weight(layers[owner], params, owner)
+            tensor = tensor.to(torch.promote_types(tensor.dtype, delta.dtype)) + delta
         yield name, tensor
+
+
+def merged_layout(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """What :func:`merged_named_weights` yields, as meta tensors of its names, (global) shapes and dtypes: nothing
+    gathered or computed (a rollout producer sizes its weight buffers with it)."""
+    layers = _lora_layers(model)
+    params = dict(base_model(model).named_parameters())
+    for name, param, owner in _base_entries(model):
+        dtype = param.dtype
+        if owner is not None:
+            adapter = layers[owner].active_adapters[0]
+            dtype = torch.promote_types(dtype, params[f"{owner}.lora_A.{adapter}.weight"].dtype)
+        yield name, torch.empty(param.shape, dtype=dtype, device="meta")
 
 
 def export_state(model: nn.Module, export: str, keep: bool = True) -> dict[str, Tensor]:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 
 from torch import Tensor, nn
 
-from real_lightning.policy.lora import is_adapted, merged_named_weights
+from real_lightning.policy.lora import is_adapted, merged_layout, merged_named_weights
 
 
 def named_full_weights(policy: nn.Module) -> Iterator[tuple[str, Tensor]]:
@@ -25,6 +25,12 @@ def named_full_weights(policy: nn.Module) -> Iterator[tuple[str, Tensor]]:
     for name, param in policy.named_parameters():
         full = param.full_tensor() if hasattr(param, "full_tensor") else param
         yield name, full.detach()
+
+
+def named_weight_layout(policy: nn.Module) -> list[tuple[str, Tensor]]:
+    """The names, global shapes and dtypes :func:`named_full_weights` will yield, without gathering anything (the
+    parameters themselves; with adapters, meta tensors of the merged weights)."""
+    return list(merged_layout(policy)) if is_adapted(policy) else list(policy.named_parameters())
 
 
 def with_tied_head(named_tensors: Iterable[tuple[str, Tensor]]) -> Iterator[tuple[str, Tensor]]:

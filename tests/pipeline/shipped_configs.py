@@ -38,6 +38,7 @@ RUNS: list[tuple[str, list[str]]] = [
     ("quickstart+async-fsdp", [*QUICKSTART, "async.yaml", "fsdp.yaml"]),
     ("quickstart+lora-ddp", [*QUICKSTART, "lora.yaml"]),  # adapters only; rank 0 exports the merged policy
     ("quickstart+lora-fsdp", [*QUICKSTART, "lora.yaml", "fsdp.yaml"]),  # sharded adapters, gathered to merge
+    ("quickstart+async+lora-ddp", [*QUICKSTART, "async.yaml", "lora.yaml"]),  # the producer gets merged weights
     ("replication-ddp", REPLICATION),
     ("replication-fsdp", [*REPLICATION, "fsdp.yaml"]),
     ("staleness-ddp", ["staleness.yaml"]),  # countdown, behaviour log-probs as π_old, MechanismMonitor

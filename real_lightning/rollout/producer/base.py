@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from torch import Tensor, nn
 
-from real_lightning.policy.weights import named_full_weights
+from real_lightning.policy.weights import named_full_weights, named_weight_layout
 from real_lightning.rollout.batch import RolloutBatch
 from real_lightning.rollout.producer.config import ProducerConfig
 from real_lightning.rollout.producer.production import PolicySpec, ProducerJob
@@ -50,7 +50,7 @@ class RolloutProducer(ABC):
             start = max(start, rollout_index)
             job = ProducerJob(**self.job_parts, policy=PolicySpec.of(policy))
             self._first = start
-            self._start(job, start, list(policy.named_parameters()))  # the layout: global shapes, nothing gathered
+            self._start(job, start, named_weight_layout(policy))  # names, global shapes, dtypes: nothing gathered
             self.started = True
         published = Published(rollout_index, version, slot_of(rollout_index, self.schedule.max_staleness))
         self._publish(published, named_full_weights(policy))
