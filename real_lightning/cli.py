@@ -39,6 +39,13 @@ from real_lightning.losses.specs import describe_specs
 from real_lightning.module import RealPolicyModule
 
 
+def _class_path(callback: object) -> str:
+    """A configured callback's class path (a parsed ``class_path``/``init_args`` entry or an instance)."""
+    if hasattr(callback, "get") and callback.get("class_path"):
+        return str(callback.get("class_path"))
+    return f"{type(callback).__module__}.{type(callback).__qualname__}"
+
+
 class RealLightningCLI(LightningCLI):
     """LightningCLI for :class:`RealPolicyModule` and :class:`RolloutDataModule`.
 
@@ -78,6 +85,20 @@ class RealLightningCLI(LightningCLI):
         for action in parser._actions:  # --help lists the typed losses' hyper-parameters, defaults and docs
             if action.dest == "model.loss":
                 action.help = f"{action.help} {describe_specs()}"
+
+    @override
+    def before_instantiate_classes(self) -> None:
+        """``--trainer.enable_checkpointing false`` on a config that lists a ``ModelCheckpoint`` (every shipped
+        one does): those callbacks are dropped, with a notice, instead of Lightning's refusal to build the trainer."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.get("trainer")
+        if trainer is None or trainer.get("enable_checkpointing") is not False:
+            return
+        callbacks = trainer.get("callbacks") or []
+        kept = [c for c in callbacks if not str(_class_path(c)).endswith("ModelCheckpoint")]
+        if len(kept) != len(callbacks):
+            trainer["callbacks"] = kept
+            rank_zero_info("--trainer.enable_checkpointing false: the config's ModelCheckpoint callbacks are left out")
 
     def _parse_ckpt_path(self) -> None:
         """``fit``: keep the options given (Lightning would replace the model's with the checkpoint's);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,19 @@ def test_fit_logs_to_tensorboard_then_validate_checkpoint_and_export(policy_dir,
     assert all(torch.equal(at_fit_end[k], exported_now[k]) for k in at_fit_end)
     exported = _run(["validate", *_tiny_job(str(hf_dir), tmp_path / "v2")])
     assert exported.trainer.callback_metrics["val/held_out/pass@1"].item() == pytest.approx(last_in_fit, abs=1e-12)
+
+
+def test_checkpointing_off_drops_the_configs_model_checkpoint(caplog) -> None:
+    """``--trainer.enable_checkpointing false`` with the quickstart config (which lists a ModelCheckpoint): the
+    trainer is built without one, and says so (Lightning alone refuses: "found ModelCheckpoint in callbacks")."""
+    with caplog.at_level(logging.INFO):
+        cli = RealLightningCLI(
+            RealPolicyModule,
+            RolloutDataModule,
+            run=False,
+            args=["-c", str(CONFIGS / "quickstart.yaml"), "--trainer.enable_checkpointing", "false"],
+        )
+    assert cli.trainer.checkpoint_callback is None
+    assert not any(type(c).__name__ == "ModelCheckpoint" for c in cli.trainer.callbacks)
+    assert any(type(c).__name__ == "GradientWeightMonitor" for c in cli.trainer.callbacks)  # the others stay
+    assert "ModelCheckpoint callbacks are left out" in caplog.text
