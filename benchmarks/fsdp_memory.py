@@ -188,8 +188,8 @@ def save_model(args: argparse.Namespace, directory: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, mini-batch and machine options of this benchmark (``benchmarks/lora_memory.py`` shares them)."""
     parser.add_argument("--groups", type=int, default=4, help="prompts in the global mini-batch (8 rollouts each)")
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--response", type=int, default=96)
@@ -199,6 +199,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run (the first is a warm-up)")
     parser.add_argument("--cores", type=int, default=2, help="CPU cores shared by the ranks (threads = cores / ranks)")
     parser.add_argument("--quick", action="store_true", help="smoke run: hidden 128, 2 layers, vocabulary 4096")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_workload_arguments(parser)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

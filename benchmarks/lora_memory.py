@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.fsdp_memory import run_config, save_model
+from benchmarks.fsdp_memory import add_workload_arguments, run_config, save_model
 from benchmarks.update_memory import GROUP_SIZE, MIB
 
 # (label, processes, FSDP2, LoRA rank or None, dtype)
@@ -88,15 +88,7 @@ def plan_1p5b(r: int = 32) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--groups", type=int, default=4, help="prompts in the global mini-batch (8 rollouts each)")
-    parser.add_argument("--prompt", type=int, default=32)
-    parser.add_argument("--response", type=int, default=96)
-    parser.add_argument("--vocab", type=int, default=32_000)
-    parser.add_argument("--hidden", type=int, default=640, help="hidden size (MLP 4×, 8 heads / 4 KV heads)")
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run (the first is a warm-up)")
-    parser.add_argument("--cores", type=int, default=2, help="CPU cores shared by the ranks (threads = cores / ranks)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: hidden 128, 2 layers, vocabulary 4096")
+    add_workload_arguments(parser)
     parser.add_argument("--plan", action="store_true", help="print the 1.5 B plan only")
     parser.add_argument("--plan-rank", type=int, default=32)
     parser.add_argument("--json", type=Path, help="also write the results here")
