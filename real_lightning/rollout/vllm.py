@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -300,7 +301,9 @@ def _lora_kwargs(model: nn.Module) -> dict[str, Any]:
     if not is_adapted(model):
         raise ValueError("VLLMEngine(lora_sync='adapter') samples with the policy's adapters: set model.lora")
     rank = max(config.r for config in model.peft_config.values())
-    allowed = [1, 8, 16, 32, 64, 128, 256, 320, 512]  # vllm.config.lora.MaxLoRARanks
+    from vllm.config.lora import MaxLoRARanks
+
+    allowed = sorted(typing.get_args(MaxLoRARanks))  # the ranks vLLM accepts (1, 8, 16, ... in vLLM 0.32)
     fitting = [a for a in allowed if a >= rank]
     if not fitting:
         raise ValueError(f"model.lora.r {rank} is above vLLM's largest LoRA rank {allowed[-1]}: use lora_sync merged")
