@@ -1,16 +1,12 @@
-"""Shared fixtures: a tiny random Qwen2 policy with the character tokenizer, and paths to shared data."""
+"""Shared fixtures: a tiny random Qwen2 policy with the character tokenizer."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import Qwen2ForCausalLM
 
 from real_lightning.policy.tiny import build_char_tokenizer, tiny_qwen2_config
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -37,13 +33,6 @@ def random_tiny_policy(tokenizer) -> Qwen2ForCausalLM:
 @pytest.fixture
 def tiny_policy(char_tokenizer):
     return random_tiny_policy(char_tokenizer).eval()
-
-
-def shared_file(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.is_file():
-        pytest.skip(f"{path} not found (the repository's ../shared/data)")
-    return path
 
 
 @pytest.fixture(scope="session")

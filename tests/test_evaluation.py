@@ -13,7 +13,6 @@ from real_lightning.analysis.evaluation import BenchmarkResult, average, csv_tab
 from real_lightning.cli import RealLightningCLI
 from real_lightning.data.datamodule import RolloutDataModule
 from real_lightning.module import RealPolicyModule
-from tests.conftest import shared_file
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = ["aime24", "aime25", "math500", "amc23", "minerva", "olympiad_bench"]
@@ -46,9 +45,7 @@ def test_tables_in_markdown_and_csv(tmp_path) -> None:
 def test_paper_eval_config_runs_on_the_tiny_policy_and_writes_the_table(tmp_path, monkeypatch) -> None:
     """configs/paper/eval.yaml with the shipped tiny policy on CPU (HF engine, 2 problems of each benchmark, 4
     samples): every benchmark loads, is sampled and graded; the table has all six and their average."""
-    for name in BENCHMARKS:
-        shared_file(f"{name}.parquet")
-    monkeypatch.chdir(REPO)  # the config's ../shared/data paths are relative to the repository
+    monkeypatch.chdir(tmp_path)  # the benchmarks ship in the package: nothing is read relative to the repository
     engine = {"class_path": "real_lightning.rollout.HFEngine", "init_args": {"max_new_tokens": 8, "top_p": 0.95}}
     args = ["validate", "-c", str(REPO / "configs" / "paper" / "eval.yaml"), "--model.pretrained", "builtin:tiny"]
     args += ["--model.dtype", "float32", "--trainer.accelerator", "cpu", "--trainer.devices", "1"]

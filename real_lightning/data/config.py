@@ -37,8 +37,8 @@ class VerifierConfig:
             a ``\\boxed{}`` answer is required (none scores 0, counted as ``no_answer``).
         timeout_s: per-sample time budget; a timeout scores 0 and is counted.
         workers: verifier processes (None: all cores).
-        truncated_is_wrong: a response cut at the length limit without EOS scores 0. None: on for
-            built-in tasks, off otherwise.
+        truncated_is_wrong: a response cut at the length limit without EOS scores 0. None: on when the
+            training set is a built-in task (``builtin:arithmetic``, ``builtin:countdown``), off otherwise.
         batch_timeout_s: time budget of grading one rank's rollout batch (or validation chunk): when it
             runs out, the responses not graded yet score 0 and are counted as timeouts, with a warning
             (None: no budget). A grading longer than 30 s logs its progress every 30 s.

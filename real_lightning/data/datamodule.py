@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
+from real_lightning.data.benchmarks import is_builtin_task
 from real_lightning.data.config import PromptFormat, ValidationConfig, VerifierConfig
 from real_lightning.data.prompts import (
     TokenizedPrompt,
@@ -42,7 +43,7 @@ class RolloutDataModule(LightningDataModule):
 
     Args:
         train: the training prompts.
-        val: named validation sets (e.g. ``{math500: {source: ../shared/data/math500.parquet}}``);
+        val: named validation sets (e.g. ``{math500: {source: builtin:math500}}``);
             each is logged as ``val/<name>/pass@k``.
         engine: the rollout engine (default: ``HFEngine()``); its temperature is the one log-probs use, and
             ``fit`` refuses temperature 0 (greedy: the rollouts of a group would be identical).
@@ -88,7 +89,7 @@ class RolloutDataModule(LightningDataModule):
         self.validation = validation
         truncated_is_wrong = verifier.truncated_is_wrong
         if truncated_is_wrong is None:
-            truncated_is_wrong = train.source.startswith("builtin:")
+            truncated_is_wrong = is_builtin_task(train.source)
         self.scorer = Scorer(
             verifier.reward,
             verifier.timeout_s,
@@ -99,7 +100,7 @@ class RolloutDataModule(LightningDataModule):
             batch_timeout_s=verifier.batch_timeout_s,
         )
         for option, spec in [("data.train", train), *((f"data.val.{name}", s) for name, s in self.val_specs.items())]:
-            if spec.reward_fields and spec.source.startswith("builtin:"):
+            if spec.reward_fields and is_builtin_task(spec.source):
                 raise ValueError(
                     f"{option}.reward_fields: the built-in task {spec.source} has no row fields for the reward "
                     f"function, got {spec.reward_fields}"
@@ -277,7 +278,7 @@ def _check_builtin_reward(option: str, spec: DatasetSpec, reward: str, reward_fn
     """Refuse a registered reward that is not the one grading the built-in task of ``spec`` (``math`` would score
     every countdown response 0). A reward of your own (``module:function``) is yours to choose."""
     task = spec.source.removeprefix("builtin:")
-    expected = BUILTIN_REWARDS.get(task) if spec.source.startswith("builtin:") else None
+    expected = BUILTIN_REWARDS.get(task) if is_builtin_task(spec.source) else None
     registered = [name for name in REWARD_FUNCTIONS if REWARD_FUNCTIONS[name] is reward_fn]
     if expected is not None and registered and expected not in registered:
         raise ValueError(

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from real_lightning.data.arithmetic import ArithmeticTask
+from real_lightning.data.benchmarks import benchmark_path, is_builtin_task
 from real_lightning.data.countdown import CountdownTask
 from real_lightning.data.records import GroundTruth, PromptRecord
 from real_lightning.utils.registry import Registry
@@ -48,9 +49,12 @@ class DatasetSpec:
     """Where a dataset comes from and how to read it.
 
     Args:
-        source: ``builtin:arithmetic`` or ``builtin:countdown``; a local ``.parquet`` / ``.jsonl`` / ``.json``
-            file; a Hugging Face dataset name (needs the network or a local cache) or a local dataset directory.
-        split: split of a built-in task (``train``/``test``) or of a hub dataset.
+        source: ``builtin:arithmetic`` or ``builtin:countdown`` (generated tasks); one of the six shipped
+            evaluation sets ``builtin:math500``, ``builtin:aime24``, ``builtin:aime25``, ``builtin:amc23``,
+            ``builtin:minerva``, ``builtin:olympiad_bench`` (verl parquet files); a local ``.parquet`` /
+            ``.jsonl`` / ``.json`` file; a Hugging Face dataset name (needs the network or a local cache) or a local
+            dataset directory.
+        split: split of a built-in task (``train``/``test``) or of a hub dataset (files have none).
         prompt_field: column holding the prompt (default: ``prompt`` for verl rows, ``problem`` for plain).
         answer_field: column holding the ground truth, dotted for nested fields (default:
             ``reward_model.ground_truth`` for verl rows, ``answer`` for plain).
@@ -260,7 +264,7 @@ def records_from_rows(rows: Iterable[dict[str, Any]], spec: DatasetSpec, name: s
             if len(loaded.skipped_rows) < 10:
                 loaded.skipped_rows.append(index)
             continue
-        source = row.get("data_source") if isinstance(row.get("data_source"), str) else name
+        source = row.get("data_source") if isinstance(row.get("data_source"), str) and row["data_source"] else name
         fields = _row_fields(row, spec.reward_fields, name, index)
         loaded.records.append(
             PromptRecord(prompt=prompt, ground_truth=truth, data_source=source, index=index, row_fields=fields)
@@ -306,8 +310,13 @@ def _count_duplicates(loaded: LoadedDataset) -> None:
 def load_dataset_spec(spec: DatasetSpec, name: str | None = None) -> LoadedDataset:
     """Load the records a :class:`DatasetSpec` names."""
     name = name or spec.source
-    if spec.source.startswith("builtin:"):
-        task = BUILTIN_TASKS[spec.source.removeprefix("builtin:")](**spec.options)
+    builtin = spec.source.removeprefix("builtin:") if spec.source.startswith("builtin:") else None
+    if builtin is not None and not is_builtin_task(spec.source):  # a shipped evaluation file
+        if spec.options:
+            raise ValueError(f"{name}: options are for the built-in tasks, not the evaluation file {spec.source}")
+        return records_from_rows(_read_file(benchmark_path(builtin)), spec, name)
+    if builtin is not None:
+        task = BUILTIN_TASKS[builtin](**spec.options)
         if spec.reward_fields:
             raise ValueError(
                 f"{name}: built-in tasks have no row fields for the reward function, got reward_fields "

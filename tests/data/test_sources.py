@@ -12,21 +12,14 @@ from real_lightning.data.prompts import prompt_text, tokenize_prompts
 from real_lightning.data.sources import DatasetSpec, load_dataset_spec
 from real_lightning.rewards.answers import accepted_answers
 from real_lightning.rewards.grading import score_batch
-from tests.conftest import shared_file
 
-BENCHMARKS = {
-    "math500.parquet": 500,
-    "aime24.parquet": 30,
-    "aime25.parquet": 30,
-    "amc23.parquet": 83,
-    "minerva.parquet": 272,
-    "olympiad_bench.parquet": 675,
-}
+BENCHMARKS = {"math500": 500, "aime24": 30, "aime25": 30, "amc23": 83, "minerva": 272, "olympiad_bench": 675}
+"""The shipped evaluation sets (``builtin:<name>``) and their rows."""
 
 
 @pytest.mark.parametrize(("name", "rows"), BENCHMARKS.items())
 def test_verl_schema_benchmark_files_load(name: str, rows: int) -> None:
-    loaded = load_dataset_spec(DatasetSpec(source=str(shared_file(name))))
+    loaded = load_dataset_spec(DatasetSpec(source=f"builtin:{name}"))
     assert len(loaded.records) == rows and loaded.skipped == 0
     first = loaded.records[0]
     assert isinstance(first.prompt, tuple) and first.prompt[0]["role"] == "user"
@@ -37,7 +30,7 @@ def test_verl_schema_benchmark_files_load(name: str, rows: int) -> None:
 def test_every_ground_truth_verifies_in_boxed_form(name: str) -> None:
     """Each accepted answer of every row, written as the official prompt asks (``\\boxed{answer}``), scores 1
     under the math reward against the row's ground truth."""
-    records = load_dataset_spec(DatasetSpec(source=str(shared_file(name)))).records
+    records = load_dataset_spec(DatasetSpec(source=f"builtin:{name}")).records
     rows = [(r, answer) for r in records for answer in accepted_answers(r.ground_truth)]
     responses = [f"The final answer is $\\boxed{{{answer}}}$." for _, answer in rows]
     scores = score_batch(responses, [r.ground_truth for r, _ in rows], num_workers=2, timeout_s=20.0)
@@ -47,7 +40,7 @@ def test_every_ground_truth_verifies_in_boxed_form(name: str) -> None:
         if status != "correct"
     ]
     assert not failed, f"{name}: {len(failed)} of {len(rows)} answers do not verify, e.g. {failed[:5]}"
-    if name in ("minerva.parquet", "olympiad_bench.parquet"):
+    if name in ("minerva", "olympiad_bench"):
         assert any(isinstance(r.ground_truth, str) for r in records)  # one-answer lists are plain answers
 
 
@@ -77,7 +70,7 @@ def test_list_ground_truths_load_from_every_format(tmp_path) -> None:
 
 
 def test_amc_float_ground_truths_stay_exact_text() -> None:
-    loaded = load_dataset_spec(DatasetSpec(source=str(shared_file("amc23.parquet"))))
+    loaded = load_dataset_spec(DatasetSpec(source="builtin:amc23"))
     assert all(r.ground_truth.replace(".", "", 1).replace("-", "", 1).isdigit() for r in loaded.records)
 
 
@@ -130,7 +123,7 @@ def test_malformed_jsonl_names_the_line(tmp_path) -> None:
 def test_missing_file_and_unknown_builtin() -> None:
     with pytest.raises(FileNotFoundError, match=r"nope\.parquet does not exist"):
         load_dataset_spec(DatasetSpec(source="nope.parquet"))
-    with pytest.raises(KeyError, match="unknown built-in task 'chess'; valid names: arithmetic"):
+    with pytest.raises(ValueError, match="unknown built-in source 'builtin:chess'; valid: builtin:arithmetic, "):
         load_dataset_spec(DatasetSpec(source="builtin:chess"))
 
 
@@ -166,7 +159,7 @@ def test_chat_template_is_used_when_present(char_tokenizer) -> None:
 
     tokenizer = copy.deepcopy(char_tokenizer)
     tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
-    records = load_dataset_spec(DatasetSpec(source=str(shared_file("aime24.parquet")), limit=1)).records
+    records = load_dataset_spec(DatasetSpec(source="builtin:aime24", limit=1)).records
     text, templated = prompt_text(records[0], tokenizer)
     assert templated and text.startswith("<user>") and text.endswith("<assistant>")
 
