@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from real_lightning.analysis.evaluation import BenchmarkResult, average, csv_tab
 from real_lightning.cli import RealLightningCLI
 from real_lightning.data.datamodule import RolloutDataModule
 from real_lightning.module import RealPolicyModule
+from tests.test_docs import PAPER_CPU_EVAL, documented_command
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = ["aime24", "aime25", "math500", "amc23", "minerva", "olympiad_bench"]
@@ -42,19 +42,13 @@ def test_tables_in_markdown_and_csv(tmp_path) -> None:
     assert path.name == "step_7.md" and (tmp_path / "evaluation" / "latest.csv").read_text() == csv_table(results)
 
 
-def test_paper_eval_config_runs_on_the_tiny_policy_and_writes_the_table(tmp_path, monkeypatch) -> None:
-    """configs/paper/eval.yaml with the shipped tiny policy on CPU (HF engine, 2 problems of each benchmark, 4
-    samples): every benchmark loads, is sampled and graded; the table has all six and their average."""
-    monkeypatch.chdir(tmp_path)  # the benchmarks ship in the package: nothing is read relative to the repository
-    engine = {"class_path": "real_lightning.rollout.HFEngine", "init_args": {"max_new_tokens": 8, "top_p": 0.95}}
-    args = ["validate", "-c", str(REPO / "configs" / "paper" / "eval.yaml"), "--model.pretrained", "builtin:tiny"]
-    args += ["--model.dtype", "float32", "--trainer.accelerator", "cpu", "--trainer.devices", "1"]
-    args += ["--trainer.precision", "32-true", "--trainer.default_root_dir", str(tmp_path)]
-    args += ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
-    args += ["--data.engine", json.dumps(engine), "--data.validation.samples", "4", "--pass_at_k.ks", "[1, 4]"]
-    args += ["--data.prompts.max_length", "4096", "--data.verifier.workers", "1"]
-    for name in BENCHMARKS:
-        args += [f"--data.val.{name}.limit", "2"]
+def test_paper_eval_config_runs_on_the_tiny_policy_from_another_directory_as_documented(tmp_path, monkeypatch) -> None:
+    """docs/guides/paper.md's CPU run of configs/paper/eval.yaml (the shipped tiny policy, HF engine, 2 problems of
+    each benchmark, 4 samples), as written there, started outside the repository: the six benchmarks shipped in the
+    package load, are sampled and graded; the table has all six and their average."""
+    args = [str(REPO / a) if a.startswith("configs/") else a for a in documented_command(PAPER_CPU_EVAL)]
+    monkeypatch.chdir(tmp_path)  # nothing is read relative to the repository
+    args += ["--trainer.enable_progress_bar", "false", "--data.verifier.workers", "1"]
     cli = RealLightningCLI(RealPolicyModule, RolloutDataModule, save_config_kwargs={"overwrite": True}, args=args)
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     table = next(tmp_path.rglob("evaluation/latest.md")).read_text().splitlines()
@@ -66,5 +60,6 @@ def test_paper_eval_config_runs_on_the_tiny_policy_and_writes_the_table(tmp_path
         assert int(rows[name]["prompts"]) == 2 and int(rows[name]["samples"]) == 4
         assert float(rows[name]["pass@1"]) == pytest.approx(metrics[f"val/{name}/pass@1"])
     assert metrics["val/average/pass@1"] == pytest.approx(sum(metrics[f"val/{n}/pass@1"] for n in BENCHMARKS) / 6)
+    assert (tmp_path / "runs" / "eval").is_dir()
     hparams = (next(tmp_path.rglob("hparams.yaml"))).read_text()
     assert "grader: strict_boxed" in hparams and os.path.exists(next(tmp_path.rglob("config.yaml")))

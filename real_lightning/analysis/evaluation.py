@@ -6,7 +6,7 @@
 benchmark and their unweighted average (the paper's layout, to paste next to its rows), then the details:
 prompts, samples, avg@n, unbiased pass@k, mean response length (tokens) and truncation rate.
 
-Example:
+Examples:
     >>> a = BenchmarkResult("aime24", prompts=30, samples=16, pass_at={1: 0.3, 16: 0.6}, length=5210.5, truncated=0.04)
     >>> b = BenchmarkResult("math500", prompts=500, samples=16, pass_at={1: 0.8, 16: 0.9}, length=3001.0, truncated=0)
     >>> print(*markdown_table([a, b], label="step 0").splitlines()[:3], sep=chr(10))

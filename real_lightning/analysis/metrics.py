@@ -30,7 +30,7 @@ class PassAtK(Metric):
     Args:
         k: samples allowed per prompt; every update must bring n ≥ k samples per prompt.
 
-    Example:
+    Examples:
         >>> metric = PassAtK(1)
         >>> metric.update(torch.tensor([[True, False, False, False], [True, True, True, True]]))
         >>> metric.compute()

@@ -50,7 +50,7 @@ class GradientWeightMonitor(PeriodicStepCallback):
         histograms: write the two histograms (TensorBoard loggers only).
         records_dir: folder name under the logger's log dir for per-rollout records; None: off.
 
-    Example:
+    Examples:
         >>> GradientWeightMonitor(every_n_steps=5, records_dir="gradient_weights")
         GradientWeightMonitor(every_n_steps=5, records_dir='gradient_weights')
     """

@@ -24,7 +24,7 @@ class MechanismMonitor(PeriodicStepCallback):
     Args:
         every_n_steps: log every this many optimizer steps.
 
-    Example:
+    Examples:
         >>> MechanismMonitor(every_n_steps=1)
         MechanismMonitor(every_n_steps=1)
     """

@@ -30,7 +30,7 @@ class PassAtKLogger(Callback):
         tables: write the evaluation tables after every validation (and test).
         model_name: how the tables name the policy (``real-lightning`` sets it to ``model.pretrained``).
 
-    Example:
+    Examples:
         >>> PassAtKLogger(ks=(1, 8))
         PassAtKLogger(ks=(1, 8))
     """

@@ -30,7 +30,7 @@ class RolloutSampleLogger(PeriodicStepCallback):
         num_samples: rows of the sample table.
         max_chars: longer prompts and responses are cut to this many characters.
 
-    Example:
+    Examples:
         >>> RolloutSampleLogger(every_n_steps=50, num_samples=8)
         RolloutSampleLogger(every_n_steps=50, num_samples=8)
     """

@@ -145,7 +145,7 @@ class RunHealthMonitor(WatchdogHooks):
             with code 124 (:mod:`~real_lightning.callbacks.watchdog`). Generous for GPU jobs (one step of the
             paper recipe takes minutes); None: off.
 
-    Example:
+    Examples:
         >>> RunHealthMonitor(patience=10, stop_on=["no_learning_signal"])
         RunHealthMonitor(patience=10, stop_on=['no_learning_signal'])
     """

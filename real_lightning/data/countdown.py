@@ -38,7 +38,7 @@ def solutions(numbers: tuple[int, ...], target: int) -> tuple[str, ...]:
     that do not depend on each other appear in every order. The verifier accepts more (wasted steps, results 0):
     these are the responses a careful solver writes, the set the warm start samples uniformly.
 
-    Example:
+    Examples:
         >>> solutions((1, 2, 3), 9)
         ('1+2=3;3*3=9;\\\\boxed{9}', '2+1=3;3*3=9;\\\\boxed{9}')
     """

@@ -19,7 +19,7 @@ the forward's peak is the logits plus a few percent and the backward's is logits
 :func:`sequence_logprobs` runs a Hugging Face causal LM on prompt + response and scores the
 response tokens, asking the model for only the logits it needs (``logits_to_keep``).
 
-Example:
+Examples:
     >>> import torch
     >>> _ = torch.manual_seed(0)
     >>> logits = torch.randn(2, 5, 11, requires_grad=True)

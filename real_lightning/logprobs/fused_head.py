@@ -18,7 +18,7 @@ inside a Hugging Face causal LM's own forward (the head's ``forward`` is swapped
 head's parameters are used where the model uses them: under FSDP2 they are the unsharded ones, and
 their gradient flows into the usual reduce-scatter.
 
-Example:
+Examples:
     >>> import torch
     >>> _ = torch.manual_seed(0)
     >>> h, w = torch.randn(6, 4), torch.randn(9, 4)

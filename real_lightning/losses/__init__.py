@@ -21,7 +21,7 @@ arguments are its hyper-parameters, checked when it is built. :func:`resolve_los
 accepts — a name (with ``model.loss_kwargs``), a typed loss (``class_path``/``init_args``) or a
 ``"package.module:function"`` path to a loss of your own — into the function to call and its arguments.
 
-Example:
+Examples:
     >>> import torch
     >>> from real_lightning.losses import LOSSES
     >>> lp = torch.zeros(4, 3, requires_grad=True)
@@ -124,7 +124,7 @@ def check_loss_options(name: str, options: Mapping[str, Any], prefix: str = "mod
     The rules are :data:`~real_lightning.losses.specs.LOSS_OPTION_RULES`; a typed loss
     (:class:`~real_lightning.losses.specs.LossSpec`) applies the same ones when it is constructed.
 
-    Example:
+    Examples:
         >>> check_loss_options("real", {"tau": 0})
         Traceback (most recent call last):
         ...
@@ -157,7 +157,7 @@ def resolve_loss(
         ValueError: an unknown or out-of-range hyper-parameter, ``loss_kwargs`` with a typed loss, a path that
             does not import or names no loss function.
 
-    Example:
+    Examples:
         >>> fn, kwargs = resolve_loss("grpo", {"clip_high": 0.28})
         >>> fn is grpo_loss, kwargs
         (True, {'clip_high': 0.28})

@@ -82,7 +82,7 @@ class BatchCounts:
             The training step passes the loss's ``extra_counts`` to :meth:`of` and all-reduces them
             with the others; empty for the shipped losses.
 
-    Example:
+    Examples:
         >>> import torch
         >>> mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 1]])
         >>> part = BatchCounts.of(mask[:2], torch.tensor([1.0, 0.0]), torch.tensor([5, 5]))

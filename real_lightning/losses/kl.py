@@ -10,7 +10,7 @@ KL(π_θ ‖ π_ref) verl offers (``kl_loss_type``):
 The penalty is β times the mean over the response tokens of the whole optimizer step (``counts.tokens``: all
 micro-batches, all ranks), so micro-batches add up to it like the losses do.
 
-Example:
+Examples:
     >>> import torch
     >>> lp = torch.tensor([[0.0, -1.0]], requires_grad=True)
     >>> ref = torch.tensor([[0.0, -2.0]])

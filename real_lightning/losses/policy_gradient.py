@@ -285,8 +285,11 @@ def grpo_loss(
     """GRPO: token-level PPO clip, mean over each sequence's tokens, then over sequences.
 
     Args:
-        logprobs, old_logprobs, response_mask, rewards, group_ids: as in
-            :func:`~real_lightning.losses.real.real_loss`.
+        logprobs: as in :func:`~real_lightning.losses.real.real_loss`.
+        old_logprobs: as in :func:`~real_lightning.losses.real.real_loss`.
+        response_mask: as in :func:`~real_lightning.losses.real.real_loss`.
+        rewards: as in :func:`~real_lightning.losses.real.real_loss`.
+        group_ids: as in :func:`~real_lightning.losses.real.real_loss`.
         clip_low: ε_low, the ratio is clipped below at 1 − ε_low for negative advantages.
         clip_high: ε_high, the ratio is clipped above at 1 + ε_high for positive advantages.
         adv_eps: added to the group std in the advantage's denominator.

@@ -21,7 +21,7 @@ to ``super().__init__(**hparams)``; name it by ``class_path``. A loss that divid
 the four of :class:`~real_lightning.losses.common.BatchCounts` declares it with ``extra_counts`` (see
 :class:`LossSpec`).
 
-Example:
+Examples:
     >>> import torch
     >>> from real_lightning.losses.real import real_loss
     >>> lp = torch.zeros(4, 3, requires_grad=True)
@@ -354,7 +354,7 @@ def describe_specs(specs: Iterable[type[LossSpec]] = LOSS_SPECS.values()) -> str
     """The typed losses with their hyper-parameters' defaults, then each hyper-parameter's description (the
     first class's ``Args:`` entry): the text ``real-lightning fit --help`` shows under ``--model.loss``.
 
-    Example:
+    Examples:
         >>> print(describe_specs([REAL]))  # doctest: +ELLIPSIS
         Typed losses (class_path, init_args with defaults): real_lightning.losses.REAL(tau=0.5). ... tau: temper...
     """

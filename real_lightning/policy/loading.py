@@ -41,7 +41,7 @@ def resolve_pretrained(pretrained: str) -> str:
         FileNotFoundError: a name that can only be a local path (:func:`looks_like_path`) and does not exist,
             or a missing shipped policy.
 
-    Example:
+    Examples:
         >>> resolve_pretrained("Qwen/Qwen2.5-0.5B")
         'Qwen/Qwen2.5-0.5B'
     """

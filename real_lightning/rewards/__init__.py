@@ -1,6 +1,6 @@
 """Verifiable rewards: the rule-based math reward, time-bounded and parallel scoring, reward functions by name.
 
-Example:
+Examples:
     >>> from real_lightning.rewards import math_reward, score_batch
     >>> math_reward("... so the answer is \\\\boxed{46}", "46")
     1.0

@@ -16,7 +16,7 @@ It scores 1 only if the whole response has that form (surrounding whitespace asi
 
 Anything else scores 0; :func:`check_countdown` says which rule failed.
 
-Example:
+Examples:
     >>> countdown_reward("7*4=28;28+3=31;31-1=30;\\\\boxed{30}", "3 7 1 4>30")
     1.0
     >>> check_countdown("7*4=28;28+7=35;\\\\boxed{35}", "3 7 1 4>35")

@@ -6,7 +6,7 @@ ground truth are plain numbers they are compared exactly in Python; otherwise bo
 math-verify (``LatexExtractionConfig`` only: model text is never evaluated as Python) and compared symbolically
 under a wall-clock budget that holds from any thread (see :mod:`real_lightning.rewards.timeouts`).
 
-Example:
+Examples:
     >>> math_reward("so the answer is \\boxed{\\frac{2}{4}}", "0.5")
     1.0
     >>> verify("I am not sure.", "7")
@@ -149,7 +149,7 @@ def extract_answer(text: str, *, require_boxed: bool = False) -> str | None:
     Returns:
         The answer as a string, or ``None`` if nothing is extractable.
 
-    Example:
+    Examples:
         >>> extract_answer(r"first \boxed{1}, then \boxed{\frac{a}{b}}")
         '\\frac{a}{b}'
         >>> extract_answer("So the answer is $3/4$.")
@@ -203,7 +203,7 @@ def fast_equal(answer: str, ground_truth: str) -> bool | None:
     Returns:
         Whether they are equal, or ``None`` if either is not a plain number this path decides (then math-verify does).
 
-    Example:
+    Examples:
         >>> fast_equal("142.0", "142"), fast_equal("1,000", "1000"), fast_equal("x", "1")
         (True, True, None)
     """
@@ -263,7 +263,7 @@ def _symbolic_status(answer: str, ground_truth: str) -> str:
 def answer_after_think_text(text: str) -> str | None:
     """The text after the last ``</think>``, or ``None`` when there is none (the reasoning never ended).
 
-    Example:
+    Examples:
         >>> answer_after_think_text("<think>a</think> 1 <think>b</think> 2")
         ' 2'
         >>> answer_after_think_text("<think>unfinished") is None

@@ -34,7 +34,7 @@ def resolve_reward_fn(spec: str | RewardFn) -> RewardFn:
         ValueError: if the module of a path cannot be imported, lacks the attribute, or it is not callable.
         TypeError: if ``spec`` is neither a string nor a callable.
 
-    Example:
+    Examples:
         >>> resolve_reward_fn("math") is resolve_reward_fn("real_lightning.rewards:math_reward")
         True
     """
@@ -78,7 +78,7 @@ def reward_fn_fields(fn: Callable[..., Any]) -> RowFieldParams:
     The math reward (and :func:`~real_lightning.rewards.math.verify`) takes none either: its keyword parameters
     are its own options. A function whose signature cannot be read takes none.
 
-    Example:
+    Examples:
         >>> def near(response, ground_truth, *, tolerance, unit="m"): ...
         >>> params = reward_fn_fields(near)
         >>> sorted(params.accepted), sorted(params.required)
@@ -127,7 +127,7 @@ def check_reward_fields(fn: Callable[..., Any], fields: Sequence[str], option: s
     """Raise ``ValueError``, naming ``option`` and the function, unless ``fn`` takes exactly the row ``fields``
     asked for it: each one (by name or through ``**kwargs``), and every parameter it requires.
 
-    Example:
+    Examples:
         >>> check_reward_fields(math_reward, ["tolerance"], "data.train.reward_fields")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...

@@ -25,7 +25,7 @@ def pack_groups(
         Lists of group indices; a group that alone exceeds a budget gets a bin of its own. Bins are
         filled greedily in order of decreasing width, so they hold rows of similar length.
 
-    Example:
+    Examples:
         >>> pack_groups([2, 2, 2], [4, 1, 2], [6, 2, 2], max_tokens=20)
         [[0], [2, 1]]
     """

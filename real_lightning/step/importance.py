@@ -4,7 +4,7 @@ and the per-token gap between the engine's (behaviour) and the trainer's (π_old
 Everything here works on one micro-batch, on its device, without a host sync: the sums it returns are 0-dim
 tensors that :class:`~real_lightning.step.metrics.StepMetrics` adds up over the step and reduces once.
 
-Example:
+Examples:
     >>> import torch
     >>> old = torch.tensor([[-1.0, -2.0, 0.0]])
     >>> behaviour = torch.tensor([[-1.5, -2.0, 0.0]])

@@ -7,7 +7,7 @@ log-probs, all-reduces the largest mismatch (max). Every rank issues the same co
 micro-batches: the packed names are fixed (a name no micro-batch added counts 0), and the ``has_…`` counts
 tell every rank which loss metrics some micro-batch reported. :func:`logged_metrics` names the result.
 
-Example:
+Examples:
     >>> import torch
     >>> step = StepMetrics(torch.device("cpu"))
     >>> step.add("loss", torch.tensor(0.25))

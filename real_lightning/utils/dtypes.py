@@ -16,7 +16,7 @@ def torch_dtype(name: str | None) -> torch.dtype | None:
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The math runs in float32 at least: bfloat16/float16 are promoted, float64 is kept.
 
-    Example:
+    Examples:
         >>> compute_dtype(torch.bfloat16), compute_dtype(torch.float64)
         (torch.float32, torch.float64)
     """

@@ -23,7 +23,7 @@ class UnknownNameError(KeyError):
 class Registry(dict[str, T]):
     """A ``dict`` of named components; ``registry["typo"]`` names the valid choices.
 
-    Example:
+    Examples:
         >>> reg = Registry("loss", {"a": 1, "b": 2})
         >>> reg["c"]
         Traceback (most recent call last):

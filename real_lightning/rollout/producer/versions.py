@@ -7,7 +7,7 @@ batch r − S or later (S = ``max_staleness``):
 - ``fixed``: exactly those of batch max(0, r − S), so that the rollouts never depend on timing;
 - ``bounded``: the newest published when the producer starts batch r (at least batch r − S's).
 
-Example:
+Examples:
     >>> book = {0: Published(0, 0, 0), 1: Published(1, 2, 1)}
     >>> choose_weights(2, book, 2, "fixed").index, choose_weights(2, book, 2, "bounded").index
     (0, 1)

@@ -1,7 +1,7 @@
 """One vLLM server seen over HTTP: JSON calls with a timeout and retries, and errors that name the server and the
 call (standard library only: the trainer needs no HTTP package and no vLLM to talk to a fleet).
 
-Example:
+Examples:
     >>> client = ServerClient("http://127.0.0.1:9", timeout_s=0.5, retries=0)
     >>> try:
     ...     client.get("/health", what="is it up")

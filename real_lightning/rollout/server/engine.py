@@ -45,12 +45,18 @@ class VLLMServerEngine:
 
     Args:
         urls: the servers, ``http://host:port`` each (one ``vllm serve`` per URL; a server may span several GPUs).
-        max_new_tokens, temperature, top_p, top_k, stop, ignore_eos: as :class:`~real_lightning.rollout.HFEngine`.
+        max_new_tokens: as :class:`~real_lightning.rollout.HFEngine`'s.
+        temperature: as :class:`~real_lightning.rollout.HFEngine`'s.
+        top_p: as :class:`~real_lightning.rollout.HFEngine`'s.
+        top_k: as :class:`~real_lightning.rollout.HFEngine`'s.
+        stop: as :class:`~real_lightning.rollout.HFEngine`'s.
+        ignore_eos: as :class:`~real_lightning.rollout.HFEngine`'s.
         transfer: how weights reach the servers: ``filesystem`` (safetensors in ``weights_dir``, reloaded by the
             servers; CPU and shared filesystems) or ``nccl`` (vLLM's NCCL weight transfer; GPUs, untested here).
         weights_dir: ``filesystem``: a directory the trainer and every server see (default: a new folder under
             ``/dev/shm`` when it exists, else the temporary directory: right for servers on this machine only).
-        nccl_address, nccl_port: ``nccl``: the rendezvous of the trainer (rank 0) and the servers' workers.
+        nccl_address: ``nccl``: the address of the rendezvous of the trainer (rank 0) and the servers' workers.
+        nccl_port: ``nccl``: the port of that rendezvous.
         model: the served model's name (default: the first one ``GET /v1/models`` lists).
         timeout_s: seconds any call but a generation may take; also the wait for another rank's weight sync.
         generate_timeout_s: seconds one prompt's generation may take.
