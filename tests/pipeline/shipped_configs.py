@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from real_lightning.data.benchmarks import is_builtin_task
 from tests.pipeline.launch import REPO
 
 CONFIGS = REPO / "configs"
@@ -87,7 +88,11 @@ def shrink_overlay(chain: list[str], root: Path, extra_callbacks: list[dict] = (
     sampling = {k: v for k, v in engine.get("init_args", {}).items() if k in kept}
     val_names = list(config["data"].get("val", {}) or {"held_out": None})
     train_options = config["data"]["train"].get("options", {})
-    task = _builtin_task(config["data"]["train"].get("source", ""))
+    source = config["data"]["train"].get("source", "")
+    task = _builtin_task(source)
+    # the chain's prompt suffix belongs to its own dataset (the paper recipe's instruction would make every
+    # arithmetic prompt longer than the tiny policy's positions): kept only with the chain's own task
+    prompts = {} if task == source else {"suffix": ""}
     overlay = {
         "trainer": {
             "accelerator": "cpu",
@@ -111,6 +116,7 @@ def shrink_overlay(chain: list[str], root: Path, extra_callbacks: list[dict] = (
             "engine": _small_engine(engine, sampling, keep_vllm),
             "schedule": _small_schedule(config["data"].get("schedule", {"prompts_per_rollout": 8})),
             "validation": {"samples": max(config.get("pass_at_k", {}).get("ks", [1])), "prompts_per_batch": 4},
+            "prompts": prompts,
         },
     }
     if config.get("model", {}).get("fsdp", {}).get("param_dtype") == "bfloat16":
@@ -140,8 +146,9 @@ def _small_engine(engine: dict[str, Any], sampling: dict[str, Any], keep_vllm: b
 
 
 def _builtin_task(source: str) -> str:
-    """The chain's own task when it is a built-in one (countdown keeps its reward valid), else arithmetic."""
-    return source if source.startswith("builtin:") else "builtin:arithmetic"
+    """The chain's own task when it is a built-in one (countdown keeps its reward valid), else arithmetic (for a
+    hub dataset, a file or a shipped evaluation set)."""
+    return source if is_builtin_task(source) else "builtin:arithmetic"
 
 
 def _small_schedule(schedule: dict[str, Any]) -> dict[str, Any]:
