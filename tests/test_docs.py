@@ -110,12 +110,13 @@ def test_every_config_fragment_parses_over_the_quickstart(where: str, body: str,
 def test_the_configuration_reference_lists_every_option_fit_help_prints() -> None:
     """One source of truth: each option of our groups, and its docstring text, appear in the generated page."""
     reference = configuration_reference()
-    options = [a for a in fit_parser()._actions if a.dest.startswith(("model.", "data.", "health.", "pass_at_k."))]
+    actions = fit_parser()._actions
+    options = [a for a in actions if a.dest.startswith(("model.", "data.", "health.", "pass_at_k."))]
     options = [a for a in options if a.help and type(a).__name__ in ("ActionTypeHint", "ActionLink")]
     assert len(options) > 60
     for action in options:
         assert f"`--{action.dest}`" in reference, action.dest
-    timeout = next(a for a in fit_parser()._actions if a.dest == "data.verifier.timeout_s")
+    timeout = next(a for a in actions if a.dest == "data.verifier.timeout_s")
     assert " ".join(timeout.help.split()) in reference
     for nested in ("--model.lora.r", "--data.val.source", "--init_args.tau", "--init_args.gpu_memory_utilization"):
         assert f"`{nested}`" in reference, nested

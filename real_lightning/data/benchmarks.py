@@ -6,13 +6,12 @@
 local file of that schema (``prompt`` chat messages, ``reward_model.ground_truth``; Minerva and OlympiadBench
 hold lists of accepted answers), so every option of :class:`~real_lightning.data.sources.DatasetSpec` but
 ``split`` and ``options`` applies. Their provenance and licences are in
-``real_lightning/assets/benchmarks/README.md`` and :data:`BUILTIN_BENCHMARKS`.
+``real_lightning/assets/benchmarks/README.md`` and :data:`BUILTIN_BENCHMARKS`. Which ``builtin:`` name is a task
+and which a file: :func:`real_lightning.data.sources.is_builtin_task`.
 
 Examples:
     >>> benchmark_path("aime24").name
     'aime24.parquet'
-    >>> is_builtin_task("builtin:countdown"), is_builtin_task("builtin:math500")
-    (True, False)
 """
 
 from __future__ import annotations
@@ -22,10 +21,6 @@ from pathlib import Path
 
 BENCHMARK_DIR = Path(__file__).resolve().parent.parent / "assets" / "benchmarks"
 """Where the shipped evaluation files lie."""
-
-BUILTIN_TASK_NAMES = ("arithmetic", "countdown")
-"""The generated built-in tasks (``builtin:arithmetic``, ``builtin:countdown``); kept here, next to the shipped
-files, so that a source's kind is known without importing the tasks."""
 
 
 @dataclass(frozen=True)
@@ -74,26 +69,15 @@ BUILTIN_BENCHMARKS: dict[str, Benchmark] = {
 """The shipped evaluation sets by ``builtin:`` name."""
 
 
-def is_builtin_task(source: str) -> bool:
-    """Whether ``source`` names a generated built-in task (``builtin:arithmetic`` or ``builtin:countdown``), as
-    opposed to a shipped evaluation file or a source of the user's."""
-    return source.startswith("builtin:") and source.removeprefix("builtin:") in BUILTIN_TASK_NAMES
-
-
-def builtin_sources() -> list[str]:
-    """Every ``builtin:`` dataset source: the tasks, then the evaluation files."""
-    return [f"builtin:{name}" for name in (*BUILTIN_TASK_NAMES, *BUILTIN_BENCHMARKS)]
-
-
 def benchmark_path(name: str) -> Path:
     """The shipped parquet file of the evaluation set ``name`` (e.g. ``"math500"``).
 
     Raises:
-        ValueError: ``name`` is not a shipped set (the message lists every ``builtin:`` source).
+        ValueError: ``name`` is not a shipped set (the message lists them).
         FileNotFoundError: the file is missing from the installed package.
     """
     if name not in BUILTIN_BENCHMARKS:
-        raise ValueError(f"unknown built-in source 'builtin:{name}'; valid: {', '.join(builtin_sources())}")
+        raise ValueError(f"unknown evaluation set {name!r}; valid: {', '.join(BUILTIN_BENCHMARKS)}")
     path = BENCHMARK_DIR / f"{name}.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"the shipped evaluation file {path} is missing; reinstall real-lightning")

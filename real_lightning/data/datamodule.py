@@ -11,7 +11,6 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
-from real_lightning.data.benchmarks import is_builtin_task
 from real_lightning.data.config import PromptFormat, ValidationConfig, VerifierConfig
 from real_lightning.data.prompts import (
     TokenizedPrompt,
@@ -20,7 +19,7 @@ from real_lightning.data.prompts import (
     tokenize_prompts,
     warn_past_positions,
 )
-from real_lightning.data.sources import BUILTIN_REWARDS, DatasetSpec, load_dataset_spec
+from real_lightning.data.sources import BUILTIN_REWARDS, DatasetSpec, is_builtin_task, load_dataset_spec
 from real_lightning.policy.loading import load_tokenizer
 from real_lightning.rewards.registry import REWARD_FUNCTIONS, check_reward_fields
 from real_lightning.rollout.collector import RolloutCollector

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from real_lightning.data.arithmetic import ArithmeticTask
-from real_lightning.data.benchmarks import benchmark_path, is_builtin_task
+from real_lightning.data.benchmarks import BUILTIN_BENCHMARKS, benchmark_path
 from real_lightning.data.countdown import CountdownTask
 from real_lightning.data.records import GroundTruth, PromptRecord
 from real_lightning.utils.registry import Registry
@@ -40,6 +40,24 @@ BUILTIN_TASKS: Registry[type[ArithmeticTask | CountdownTask]] = Registry(
 )
 BUILTIN_REWARDS = {"arithmetic": "math", "countdown": "countdown"}
 """The registered reward (``data.verifier.reward``) that grades each built-in task."""
+
+
+def is_builtin_task(source: str) -> bool:
+    """Whether ``source`` names a generated built-in task (``builtin:arithmetic``, ``builtin:countdown``), as
+    opposed to a shipped evaluation file (``builtin:math500``, ...) or a source of the user's.
+
+    Examples:
+        >>> is_builtin_task("builtin:countdown"), is_builtin_task("builtin:math500")
+        (True, False)
+    """
+    return source.startswith("builtin:") and source.removeprefix("builtin:") in BUILTIN_TASKS
+
+
+def builtin_sources() -> list[str]:
+    """Every ``builtin:`` dataset source: the tasks, then the shipped evaluation files."""
+    return [f"builtin:{name}" for name in (*BUILTIN_TASKS, *BUILTIN_BENCHMARKS)]
+
+
 FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
 SCHEMAS = {"verl": ("prompt", "reward_model.ground_truth"), "plain": ("problem", "answer")}
 
@@ -311,7 +329,9 @@ def load_dataset_spec(spec: DatasetSpec, name: str | None = None) -> LoadedDatas
     """Load the records a :class:`DatasetSpec` names."""
     name = name or spec.source
     builtin = spec.source.removeprefix("builtin:") if spec.source.startswith("builtin:") else None
-    if builtin is not None and not is_builtin_task(spec.source):  # a shipped evaluation file
+    if builtin is not None and builtin not in BUILTIN_TASKS and builtin not in BUILTIN_BENCHMARKS:
+        raise ValueError(f"unknown built-in source {spec.source!r}; valid: {', '.join(builtin_sources())}")
+    if builtin in BUILTIN_BENCHMARKS:  # a shipped evaluation file
         if spec.options:
             raise ValueError(f"{name}: options are for the built-in tasks, not the evaluation file {spec.source}")
         return records_from_rows(_read_file(benchmark_path(builtin)), spec, name)

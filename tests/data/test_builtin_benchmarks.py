@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from real_lightning.data.benchmarks import BENCHMARK_DIR, BUILTIN_BENCHMARKS, benchmark_path, is_builtin_task
+from real_lightning.data.benchmarks import BENCHMARK_DIR, BUILTIN_BENCHMARKS, benchmark_path
 from real_lightning.data.config import VerifierConfig
 from real_lightning.data.datamodule import RolloutDataModule
 from real_lightning.data.prompts import prompt_text
-from real_lightning.data.sources import BUILTIN_TASKS, DatasetSpec, load_dataset_spec
+from real_lightning.data.sources import BUILTIN_TASKS, DatasetSpec, is_builtin_task, load_dataset_spec
 from real_lightning.policy.loading import BUILTIN
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from real_lightning.data.benchmarks import is_builtin_task
+from real_lightning.data.sources import is_builtin_task
 from tests.pipeline.launch import REPO
 
 CONFIGS = REPO / "configs"
