@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+# set for each rank; read at run time (init_process_group, Lightning's cluster environment), never at import
+RANK_VARIABLES = (
+    "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE",
+)  # fmt: skip
 
 
 def free_port() -> int:
@@ -20,7 +29,92 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def kill_group(proc: subprocess.Popen) -> None:
+class ForkedRank:
+    """A rank forked by the zygote: ``pid``, ``poll()``, ``wait()`` and ``returncode`` as ``subprocess.Popen`` has
+    them (the zygote, its parent, reports its exit)."""
+
+    def __init__(self, zygote: Zygote, pid: int) -> None:
+        self.zygote, self.pid, self.returncode = zygote, pid, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.zygote.read(0, until=lambda: False)
+            self.returncode = self.zygote.exits.pop(self.pid, None)
+        return self.returncode
+
+    def wait(self) -> int:
+        self.zygote.read(3600, until=lambda: self.returncode is not None or self.pid in self.zygote.exits)
+        return self.poll()
+
+
+class Zygote:
+    """``tests/pipeline/zygote.py`` started with ``env``: forks ranks that skip the ~4 s of imports."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env, self.exits, self.answers, self.buffer = env, {}, [], b""
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.pipeline.zygote"],
+            cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        self.read(timeout_s=300, until=lambda: bool(self.answers))
+        ready = self.answers.pop(0)
+        if "ready" not in ready:
+            raise RuntimeError(f"the launch zygote did not start: {ready}")
+
+    def read(self, timeout_s: float, until: Callable[[], bool]) -> None:
+        """Read the zygote's messages (exits into ``exits``, others into ``answers``) until ``until()`` or the
+        timeout."""
+        deadline = time.monotonic() + timeout_s
+        fd = self.process.stdout.fileno()
+        while True:
+            while b"\n" in self.buffer:
+                line, self.buffer = self.buffer.split(b"\n", 1)
+                message = json.loads(line)
+                if "exit" in message:
+                    self.exits[message["exit"]] = message["code"]
+                else:
+                    self.answers.append(message)
+            if until() or not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                return
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise RuntimeError(f"the launch zygote stopped answering (exit code {self.process.poll()})")
+            self.buffer += chunk
+
+    def start(self, module: str, args: list[str], env: dict[str, str], log: Path) -> ForkedRank:
+        request = {"module": module, "args": args, "env": env, "cwd": str(REPO), "log": str(log)}
+        self.process.stdin.write((json.dumps(request) + "\n").encode())
+        self.process.stdin.flush()
+        self.read(timeout_s=60, until=lambda: bool(self.answers))
+        if not self.answers:
+            raise RuntimeError("the launch zygote did not fork the rank within 60 s")
+        return ForkedRank(self, self.answers.pop(0)["pid"])
+
+    def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self.process.stdin.close()
+        kill_group(self.process)
+
+
+_zygote: Zygote | None = None
+
+
+def _zygote_for(env: dict[str, str]) -> Zygote | None:
+    """The zygote whose imports saw ``env`` (less the rank variables); None where ``REAL_LIGHTNING_TEST_ZYGOTE=0``."""
+    global _zygote
+    if os.environ.get("REAL_LIGHTNING_TEST_ZYGOTE", "1") == "0":
+        return None
+    base = {k: v for k, v in env.items() if k not in RANK_VARIABLES and k != "PYTEST_CURRENT_TEST"}
+    if _zygote is not None and (_zygote.env != base or _zygote.process.poll() is not None):
+        _zygote.close()
+        _zygote = None
+    if _zygote is None:
+        _zygote = Zygote(base)
+        atexit.register(_zygote.close)
+    return _zygote
+
+
+def kill_group(proc: subprocess.Popen | ForkedRank) -> None:
     """SIGKILL ``proc``'s process group (it was started in a session of its own) and reap ``proc``."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -69,9 +163,13 @@ def run_ranks(
         }
         out = (logs / f"rank{rank}.log").open("w")
         files.append(out)
-        cmd = [sys.executable, "-m", *module, *args]
         # a session per rank: the timeout kills the rank with its worker processes (a rank blocked in a collective
         # ignores SIGTERM, so SIGKILL)
+        zygote = _zygote_for(env)
+        if zygote is not None:
+            procs.append(zygote.start(module[0], [*module[1:], *args], env, logs / f"rank{rank}.log"))
+            continue
+        cmd = [sys.executable, "-m", *module, *args]
         procs.append(
             subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         )
