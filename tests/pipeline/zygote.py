@@ -60,6 +60,9 @@ def _run_child(request: dict) -> None:
         os.chdir(request["cwd"])
         faulthandler.enable()
         sys.argv = [request["module"], *request["args"]]
+        # `python -m` runs a module that nothing has imported yet: drop the preloaded copy (its imports stay cached), so
+        # runpy runs it once, as __main__, instead of beside a second copy
+        sys.modules.pop(request["module"], None)
         try:
             runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
             code = 0
