@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from real_lightning.rewards.main_module import needs_main_module, without_main_module
+
 log = logging.getLogger(__name__)
 
 #: After the first SIGALRM the timer re-fires every this many seconds, in case the callee swallowed the exception.
@@ -257,9 +259,10 @@ def _context(preload: tuple[str, ...]) -> mp.context.BaseContext:
 
 
 class _Worker:
-    """One worker process and the parent's end of its pipe."""
+    """One worker process and the parent's end of its pipe; ``with_main``: it re-runs the program's ``__main__``
+    (needed only for functions defined there; see :mod:`real_lightning.rewards.main_module`)."""
 
-    def __init__(self, preload: tuple[str, ...]) -> None:
+    def __init__(self, preload: tuple[str, ...], with_main: bool = False) -> None:
         ctx = _context(preload)
         self.conn, child_conn = ctx.Pipe(duplex=True)
         self.process = ctx.Process(
@@ -268,7 +271,8 @@ class _Worker:
             daemon=True,
             name="real-lightning-verifier",
         )
-        self.process.start()
+        with contextlib.nullcontext() if with_main else without_main_module():
+            self.process.start()
         child_conn.close()
         self.started_at = time.monotonic()
         self.ready = False
@@ -309,6 +313,7 @@ class WorkerPool:
     def _start(self) -> None:
         self._pid = os.getpid()
         self._workers: list[_Worker] = []
+        self._with_main = False  # set once a function defined in __main__ arrives
         self._finalizer = weakref.finalize(self, _kill_all, self._workers, self._pid)
 
     def close(self) -> None:
@@ -345,12 +350,15 @@ class WorkerPool:
             self._finalizer.detach()
             self._start()
         fn_bytes = pickle.dumps(fn)
+        if needs_main_module(fn) and not self._with_main:  # workers that can load it: started with __main__
+            self._with_main = True
+            _kill_all(self._workers, self._pid)
         grace_s = max(0.5, 0.1 * timeout_s)
         results: list[Outcome | None] = [None] * len(args_list)
         queue = deque(range(len(args_list)))
         workers = self._workers
         while len(workers) < min(self.num_workers, len(args_list)):
-            workers.append(_Worker(self.preload))
+            workers.append(_Worker(self.preload, self._with_main))
         try:
             while queue or any(w.task is not None for w in workers):
                 reason = cut() if cut is not None else None
@@ -429,7 +437,7 @@ class WorkerPool:
         worker.kill()
         index = self._workers.index(worker)
         if restart:
-            self._workers[index] = _Worker(self.preload)
+            self._workers[index] = _Worker(self.preload, self._with_main)
         else:
             del self._workers[index]
 
