@@ -34,6 +34,7 @@ def test_every_rank_issues_the_same_collectives(tmp_path, chain) -> None:
     assert "Pass@1 before" in outputs[0] or "validate_before_fit" not in str(composed(chain))
 
 
+@pytest.mark.xdist_group("stall")  # the two stall-watchdog tests run one after the other (pytest -n 2 --dist loadgroup)
 def test_a_collective_on_rank_0_alone_is_caught_and_named(tmp_path) -> None:
     """The bug class this suite exists for, made on purpose (rank 0 alone reads ``trainer.log_dir``, a broadcast,
     at step 2): the run does not hang — the stall watchdog ends it — and the failure names the first collective

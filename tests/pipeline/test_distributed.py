@@ -229,6 +229,7 @@ def test_health_stop_on_stops_every_rank_with_a_checkpoint_that_resumes(tmp_path
     assert report["steps"] == 5 and "truncation" in [f["name"] for f in report["findings"]]
 
 
+@pytest.mark.xdist_group("stall")  # the two stall-watchdog tests run one after the other (pytest -n 2 --dist loadgroup)
 def test_a_stopped_rank_makes_the_others_exit_naming_it(policy_dir, tmp_path) -> None:
     """Rank 1 is SIGSTOPped at the start of step 2 (a hung GPU, a frozen node): within the stall timeout rank 0
     prints where each rank is, names rank 1 as the one that did not arrive, dumps its stacks and exits 124 —

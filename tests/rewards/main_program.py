@@ -13,8 +13,9 @@ import os
 from real_lightning.rewards.timeouts import WorkerPool
 from tests.rewards_for_tests import first_char_even
 
-with open(os.environ["MAIN_PROGRAM_IMPORTS"], "a") as imports:
-    imports.write(f"{os.getpid()} {__name__}\n")
+if "MAIN_PROGRAM_IMPORTS" in os.environ:  # (pytest's --doctest-modules imports this module too)
+    with open(os.environ["MAIN_PROGRAM_IMPORTS"], "a") as imports:
+        imports.write(f"{os.getpid()} {__name__}\n")
 
 
 def defined_in_main(response: str, ground_truth: str) -> float:
