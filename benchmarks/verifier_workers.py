@@ -6,7 +6,7 @@
 This module imports ``real_lightning.cli`` at the top, as the ``real-lightning`` program's main module does. Each
 repeat starts a fresh ``WorkerPool`` and grades one math answer per worker (``math_reward``, the paper's verifier):
 the seconds until every result is back (the workers' start included) and each worker's resident memory after it.
-``with __main__`` forces the behaviour before ``real_lightning.rewards.main_module``: every worker re-imports the
+``with __main__`` forces the behaviour before ``real_lightning.utils.main_module``: every worker re-imports the
 program's main module, as ``spawn``/``forkserver`` do by default. Both modes run in one process, alternating; the
 fork server is started by a warm-up pool first. Prints a Markdown table (medians).
 """

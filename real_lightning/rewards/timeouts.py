@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from real_lightning.rewards.main_module import needs_main_module, without_main_module
+from real_lightning.utils.main_module import needs_main_module, without_main_module
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def _context(preload: tuple[str, ...]) -> mp.context.BaseContext:
 
 class _Worker:
     """One worker process and the parent's end of its pipe; ``with_main``: it re-runs the program's ``__main__``
-    (needed only for functions defined there; see :mod:`real_lightning.rewards.main_module`)."""
+    (needed only for functions defined there; see :mod:`real_lightning.utils.main_module`)."""
 
     def __init__(self, preload: tuple[str, ...], with_main: bool = False) -> None:
         ctx = _context(preload)

@@ -1,4 +1,5 @@
-"""Verifier workers do not re-run the program's ``__main__`` (the CLI: Lightning, torch) unless they need it."""
+"""Worker processes (verifier workers, rollout producers) do not re-run the program's ``__main__`` (the CLI: Lightning,
+torch) unless what they run needs it."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from real_lightning.rewards.main_module import without_main_module
+from real_lightning.utils.main_module import refers_to_main, without_main_module
 from tests.pipeline.launch import REPO
+from tests.rewards_for_tests import first_char_even
 
 pytestmark = pytest.mark.slow
 
@@ -65,3 +67,25 @@ def test_the_suppression_is_per_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     main_keys = {"init_main_from_name", "init_main_from_path"}
     assert not main_keys & set(inside)
     assert outside["init_main_from_path"] == main.__file__
+
+
+def test_refers_to_main_finds_what_only_main_can_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A class, a function or an instance of ``__main__`` anywhere inside an object makes it need ``__main__`` (a
+    rollout producer's job: its engine, its reward function); objects plain pickle cannot handle count as needing it."""
+    main = types.ModuleType("__main__")
+
+    class Engine:  # a user's engine class, defined in their script
+        pass
+
+    def reward(response: str, ground_truth: str) -> float:
+        return 1.0
+
+    for obj in (Engine, reward):
+        obj.__module__, obj.__qualname__ = "__main__", obj.__name__
+        setattr(main, obj.__name__, obj)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    assert not refers_to_main({"prompts": [[1, 2, 3]], "reward": first_char_even, "scale": 0.5})
+    assert refers_to_main({"job": [1, (2, reward)]})
+    assert refers_to_main({"engine": Engine()})
+    assert refers_to_main(Engine)
+    assert refers_to_main([lambda: 0])  # cannot pickle: assume it does

@@ -20,6 +20,7 @@ from real_lightning.rollout.producer.production import ProducerJob
 from real_lightning.rollout.producer.slots import WeightSlots, layout
 from real_lightning.rollout.producer.versions import Published
 from real_lightning.rollout.producer.worker import decode_batch, run_worker
+from real_lightning.utils.main_module import refers_to_main, without_main_module
 
 
 class ProcessProducer(RolloutProducer):
@@ -40,7 +41,9 @@ class ProcessProducer(RolloutProducer):
             name=f"real-lightning-rollout-producer-rank{job.rank}",
             daemon=True,  # ended with the trainer's process even when close() is never reached
         )
-        self.process.start()
+        # the worker loads the job's modules, not the program's __main__ (the CLI: Lightning), unless the job needs it
+        with contextlib.nullcontext() if refers_to_main(job) else without_main_module():
+            self.process.start()
 
     def _publish(self, published: Published, weights: Iterable[tuple[str, Tensor]]) -> None:
         assert self.slots is not None

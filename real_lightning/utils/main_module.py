@@ -11,11 +11,13 @@ never holds.)
 preparation data (``multiprocessing.spawn.get_preparation_data``, called by both start methods in the starting
 thread) loses its ``init_main_from_name`` / ``init_main_from_path`` entries. The hook is installed once and acts
 only in a thread inside the context, so process starts elsewhere keep the standard behaviour. A worker that will
-run a function defined in ``__main__`` must be started without it.
+run a function defined in ``__main__`` (:func:`needs_main_module`), or receive an object that refers to one
+(:func:`refers_to_main`), must be started without it.
 """
 
 from __future__ import annotations
 
+import pickle
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,3 +61,31 @@ def without_main_module() -> Iterator[None]:
 def needs_main_module(fn: Callable[..., Any]) -> bool:
     """Whether a worker must re-run ``__main__`` to load ``fn`` (it was defined there)."""
     return getattr(fn, "__module__", None) == "__main__"
+
+
+class _Discard:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+class _MainFinder(pickle.Pickler):
+    """Pickles into nothing (the bytes are discarded), noting whether any class, function or instance on the way
+    belongs to ``__main__``."""
+
+    found = False
+
+    def reducer_override(self, obj: Any) -> Any:
+        if getattr(obj, "__module__", None) == "__main__" or getattr(type(obj), "__module__", None) == "__main__":
+            self.found = True
+        return NotImplemented
+
+
+def refers_to_main(obj: Any) -> bool:
+    """Whether unpickling ``obj`` needs ``__main__`` (some class, function or instance in it was defined there);
+    True where plain pickle cannot tell (an object only a special pickler handles)."""
+    finder = _MainFinder(_Discard(), protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        finder.dump(obj)
+    except Exception:
+        return True
+    return finder.found
