@@ -30,7 +30,16 @@ import sys
 import threading
 import traceback
 
-PRELOAD = ("real_lightning.cli", "tests.pipeline.collective_trace", "tests.pipeline.callbacks_for_tests")
+PRELOAD = (
+    "real_lightning.cli",
+    "tests.pipeline.collective_trace",
+    "tests.pipeline.callbacks_for_tests",
+    # imported by every rank later, at its first use (~0.35 s together); none starts a thread (pandas and pyarrow,
+    # which the gradient-weight records import, do: they stay out)
+    "torch.utils.tensorboard",
+    "transformers.models.qwen2.modeling_qwen2",
+    "peft",
+)
 
 
 def _exit_code(error: SystemExit) -> int:
