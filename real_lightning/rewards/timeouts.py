@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from real_lightning.utils.main_module import needs_main_module, without_main_module
+from real_lightning.utils.main_module import refers_to_main, without_main_module
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,8 @@ class WorkerPool:
             self._finalizer.detach()
             self._start()
         fn_bytes = pickle.dumps(fn)
-        if needs_main_module(fn) and not self._with_main:  # workers that can load it: started with __main__
+        # workers that can load the function and its arguments: started with __main__ if they refer to it
+        if not self._with_main and refers_to_main((fn, list(args_list))):
             self._with_main = True
             _kill_all(self._workers, self._pid)
         grace_s = max(0.5, 0.1 * timeout_s)

@@ -11,12 +11,13 @@ never holds.)
 preparation data (``multiprocessing.spawn.get_preparation_data``, called by both start methods in the starting
 thread) loses its ``init_main_from_name`` / ``init_main_from_path`` entries. The hook is installed once and acts
 only in a thread inside the context, so process starts elsewhere keep the standard behaviour. A worker that will
-run a function defined in ``__main__`` (:func:`needs_main_module`), or receive an object that refers to one
-(:func:`refers_to_main`), must be started without it.
+run a function defined in ``__main__``, or receive an object that refers to one (:func:`refers_to_main`), is started
+outside the block.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
 import threading
 from collections.abc import Callable, Iterator
@@ -25,6 +26,10 @@ from multiprocessing import spawn
 from typing import Any
 
 _MAIN_KEYS = ("init_main_from_name", "init_main_from_path")
+#: What a script's objects give as ``__module__``: ``__main__``, or ``__mp_main__`` in a process that was itself
+#: started by re-running it (a spawned worker, a ``ddp_spawn`` rank).
+MAIN_NAMES = frozenset({"__main__", "__mp_main__"})
+log = logging.getLogger(__name__)
 _state = threading.local()
 _install_lock = threading.Lock()
 _original: Callable[[str], dict[str, Any]] | None = None
@@ -58,11 +63,6 @@ def without_main_module() -> Iterator[None]:
         _state.depth -= 1
 
 
-def needs_main_module(fn: Callable[..., Any]) -> bool:
-    """Whether a worker must re-run ``__main__`` to load ``fn`` (it was defined there)."""
-    return getattr(fn, "__module__", None) == "__main__"
-
-
 class _Discard:
     def write(self, data: bytes) -> int:
         return len(data)
@@ -75,7 +75,7 @@ class _MainFinder(pickle.Pickler):
     found = False
 
     def reducer_override(self, obj: Any) -> Any:
-        if getattr(obj, "__module__", None) == "__main__" or getattr(type(obj), "__module__", None) == "__main__":
+        if getattr(obj, "__module__", None) in MAIN_NAMES or getattr(type(obj), "__module__", None) in MAIN_NAMES:
             self.found = True
         return NotImplemented
 
@@ -86,6 +86,7 @@ def refers_to_main(obj: Any) -> bool:
     finder = _MainFinder(_Discard(), protocol=pickle.HIGHEST_PROTOCOL)
     try:
         finder.dump(obj)
-    except Exception:
+    except Exception as error:
+        log.debug("cannot tell whether %s refers to __main__ (%s): assuming it does", type(obj).__name__, error)
         return True
     return finder.found

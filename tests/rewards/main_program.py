@@ -2,11 +2,12 @@
 
 Each import of this module (as ``__main__`` or re-run as ``__mp_main__`` in a worker) appends ``pid name`` to the
 file ``$MAIN_PROGRAM_IMPORTS``. As the main program it maps an imported function, then one of its own, over a
-two-worker pool, and prints both results and the pool's worker pids as JSON.
+two-worker pool (the latter through ``functools.partial``), and prints both results and the pool's worker pids as JSON.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -28,7 +29,8 @@ if __name__ == "__main__":
     try:
         imported = pool.map(first_char_even, [("b", ""), ("a", "")], 10.0)
         imported_pids = sorted(w.process.pid for w in pool._workers)
-        own = pool.map(defined_in_main, [("x", "x"), ("x", "y")], 10.0)
+        # through functools.partial: what refers to __main__ counts, not only the function's own module
+        own = pool.map(functools.partial(defined_in_main), [("x", "x"), ("x", "y")], 10.0)
         own_pids = sorted(w.process.pid for w in pool._workers)
     finally:
         pool.close()

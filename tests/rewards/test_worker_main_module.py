@@ -3,6 +3,7 @@ torch) unless what they run needs it."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -88,4 +89,8 @@ def test_refers_to_main_finds_what_only_main_can_load(monkeypatch: pytest.Monkey
     assert refers_to_main({"job": [1, (2, reward)]})
     assert refers_to_main({"engine": Engine()})
     assert refers_to_main(Engine)
+    assert refers_to_main(functools.partial(reward, "x"))  # the partial's own module is functools
+    reward.__module__ = "__mp_main__"  # the script's functions, seen in a process started by re-running it
+    monkeypatch.setitem(sys.modules, "__mp_main__", main)  # (pickles by reference: no error to fall back on)
+    assert refers_to_main(reward)
     assert refers_to_main([lambda: 0])  # cannot pickle: assume it does
