@@ -260,7 +260,7 @@ def _context(preload: tuple[str, ...]) -> mp.context.BaseContext:
 
 class _Worker:
     """One worker process and the parent's end of its pipe; ``with_main``: it re-runs the program's ``__main__``
-    (needed only for functions defined there; see :mod:`real_lightning.utils.main_module`)."""
+    (needed only for calls that refer to something defined there; see :mod:`real_lightning.utils.main_module`)."""
 
     def __init__(self, preload: tuple[str, ...], with_main: bool = False) -> None:
         ctx = _context(preload)
@@ -313,7 +313,7 @@ class WorkerPool:
     def _start(self) -> None:
         self._pid = os.getpid()
         self._workers: list[_Worker] = []
-        self._with_main = False  # set once a function defined in __main__ arrives
+        self._with_main = False  # set once a call refers to __main__ (its function or its arguments)
         self._finalizer = weakref.finalize(self, _kill_all, self._workers, self._pid)
 
     def close(self) -> None:
