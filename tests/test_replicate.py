@@ -70,19 +70,23 @@ def test_the_lr_with_the_best_late_training_reward_is_chosen(tmp_path) -> None:
 
 def test_a_killed_sweep_continues_exactly_and_summarizes(tmp_path) -> None:
     """The first main run is SIGKILLed at step 55 (after its checkpoint at 50); the sweep started again continues
-    it from there and runs the rest. Its curves equal those of a sweep that was never stopped."""
-    common = ["--losses", "real", "grpo", "--seeds", "0", "--lrs", "1e-3", "--lr-steps", "2", "--steps", "60"]
+    it from there and runs the rest. Its curves equal those of a sweep that was never stopped (the killed loss's:
+    the other loss's main run starts after the kill and is never stopped)."""
+    common = ["--seeds", "0", "--lrs", "1e-3", "--lr-steps", "2", "--steps", "60"]
     kill = ["--trainer.callbacks+=tests.pipeline.callbacks_for_tests.KillAtStep", "--trainer.callbacks.step=55"]
-    killed = sweep(tmp_path / "a", "--stages", "lr", "main", *common, extra=kill, check=False)
+    killed = sweep(
+        tmp_path / "a", "--stages", "lr", "main", "--losses", "real", "grpo", *common, extra=kill, check=False
+    )
     assert killed.returncode != 0 and "real-lightning fit exited with -9" in killed.stdout + killed.stderr
     assert "[2/2] lr grpo lr 0.001 seed 0: 2 steps" in killed.stdout
     assert "main-stage lr per loss: real 0.001, grpo 0.001" in killed.stdout
-    again = sweep(tmp_path / "a", "--stages", "lr", "main", *common)
+    again = sweep(tmp_path / "a", "--stages", "lr", "main", "--losses", "real", "grpo", *common)
     assert "[2/2] lr grpo lr 0.001 seed 0: done (2 steps)" in again.stdout
     assert "[1/2] main real lr 0.001 seed 0: continuing from its last checkpoint" in again.stdout
-    straight = sweep(tmp_path / "b", "--stages", "main", "--lr", "1e-3", *common)
+    assert "[2/2] main grpo lr 0.001 seed 0: 60 steps" in again.stdout
+    straight = sweep(tmp_path / "b", "--stages", "main", "--lr", "1e-3", "--losses", "real", *common)
     assert "continuing" not in straight.stdout
-    for folder in (tmp_path / "a" / "main").glob("*/*"):
+    for folder in (tmp_path / "a" / "main" / "real").glob("*"):
         resumed = json.loads((folder / "done.json").read_text())["curves"]
         expected = json.loads((tmp_path / "b" / folder.relative_to(tmp_path / "a") / "done.json").read_text())
         assert resumed == expected["curves"], folder

@@ -125,6 +125,47 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no output)"
 
 
+def job_env() -> dict[str, str]:
+    """The environment of every process the tests start through ``run_ranks`` and ``run_cli``, less the rank
+    variables: one torch thread, this checkout importable, stacks on a fatal signal."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PYTHONHASHSEED": "0",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONFAULTHANDLER": "1",  # a process that aborts shows every thread's stack
+    }
+
+
+def run_cli(args: list[str], log: Path, timeout_s: float = 600) -> tuple[int, str]:
+    """Run ``python -m real_lightning.cli *args`` as one plain process (no rank variables: Lightning sees no launcher),
+    forked from the zygote like the ranks; returns its exit code (negative: killed by that signal) and its output.
+
+    A run still going after ``timeout_s`` is killed with its process group and raises ``AssertionError`` with the
+    end of its output.
+    """
+    env = job_env()
+    zygote = _zygote_for(env)
+    if zygote is not None:
+        proc = zygote.start("real_lightning.cli", args, env, log)
+    else:
+        with log.open("w") as out:
+            cmd = [sys.executable, "-m", "real_lightning.cli", *args]
+            proc = subprocess.Popen(
+                cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+    deadline = time.monotonic() + timeout_s
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stalled = proc.poll() is None
+        kill_group(proc)
+    if stalled:
+        raise AssertionError(f"real-lightning {args[0]} still running after {timeout_s:.0f} s (a hang)\n{_tail(log)}")
+    return proc.returncode, log.read_text(errors="replace")
+
+
 def run_ranks(
     args: list[str],
     world_size: int,
@@ -147,9 +188,7 @@ def run_ranks(
     procs, files = [], []
     for rank in range(world_size):
         env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "PYTHONHASHSEED": "0",
+            **job_env(),
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": port,
             "WORLD_SIZE": str(world_size),
@@ -158,8 +197,6 @@ def run_ranks(
             "GROUP_RANK": "0",
             "NODE_RANK": "0",
             "LOCAL_WORLD_SIZE": str(world_size),
-            "OMP_NUM_THREADS": "1",
-            "PYTHONFAULTHANDLER": "1",  # a rank that aborts shows every thread's stack
         }
         out = (logs / f"rank{rank}.log").open("w")
         files.append(out)

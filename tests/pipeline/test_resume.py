@@ -4,9 +4,6 @@ to the run that was never stopped (losses, rewards, weights, final parameters) a
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,8 @@ import yaml
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.pipeline.launch import REPO, run_cli
+
 MAX_STEPS, KILL_AT = 8, 6  # 4 optimizer steps per rollout batch: the kill lands inside the second one
 
 
@@ -60,7 +58,7 @@ def _fit(
     lora: bool = False,
 ) -> tuple[int, str]:
     args = [
-        sys.executable, "-m", "real_lightning.cli", "fit",
+        "fit",
         "-c", str(REPO / "configs" / "quickstart.yaml"),
         "-c", str(_overlay(root, kill)),
         "--model.pretrained", policy_dir,
@@ -95,11 +93,11 @@ def _fit(
         args += ["--data.validation.prompts_per_batch", "2"]
     if resume:
         args += ["--ckpt_path", "last"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "0"}
-    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    if done.returncode not in (0, -9, 143):
-        raise AssertionError(f"fit failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return done.returncode, done.stdout + done.stderr
+    # forked from the test zygote (the imports done once), one torch thread on both sides of each comparison
+    code, output = run_cli(args, root / f"fit_{'resumed' if resume else kill or 'straight'}.log")
+    if code not in (0, -9, 143):
+        raise AssertionError(f"fit failed ({code}):\n{output[-4000:]}")
+    return code, output
 
 
 def _records(root: Path) -> dict[int, dict]:
