@@ -1,4 +1,5 @@
-"""Start a ``real-lightning`` command on several local ranks (gloo, CPU) under a timeout that names stalled ranks."""
+"""Start a ``real-lightning`` command on several local ranks (gloo, CPU), or as one plain process, under a timeout that
+names stalled ranks."""
 
 from __future__ import annotations
 
