@@ -86,7 +86,9 @@ def test_a_killed_sweep_continues_exactly_and_summarizes(tmp_path) -> None:
     assert "[2/2] main grpo lr 0.001 seed 0: 60 steps" in again.stdout
     straight = sweep(tmp_path / "b", "--stages", "main", "--lr", "1e-3", "--losses", "real", *common)
     assert "continuing" not in straight.stdout
-    for folder in (tmp_path / "a" / "main" / "real").glob("*"):
+    resumed_runs = list((tmp_path / "a" / "main" / "real").glob("*"))
+    assert len(resumed_runs) == 1, resumed_runs
+    for folder in resumed_runs:
         resumed = json.loads((folder / "done.json").read_text())["curves"]
         expected = json.loads((tmp_path / "b" / folder.relative_to(tmp_path / "a") / "done.json").read_text())
         assert resumed == expected["curves"], folder
