@@ -126,6 +126,20 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no output)"
 
 
+def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen | ForkedRank:
+    """``python -m *command`` in a session of its own (a timeout kills it with its worker processes: a rank blocked in
+    a collective ignores SIGTERM, so SIGKILL), its output in a fresh ``log``: forked from the zygote for ``env``, or a
+    fresh interpreter where there is none."""
+    with log.open("w") as out:  # truncated either way; a zygote's child appends to it
+        zygote = _zygote_for(env)
+        if zygote is not None:
+            return zygote.start(command[0], command[1:], env, log)
+        return subprocess.Popen(
+            [sys.executable, "-m", *command], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
 def job_env() -> dict[str, str]:
     """The environment of every process the tests start through ``run_ranks`` and ``run_cli``, less the rank
     variables: one torch thread, this checkout importable, stacks on a fatal signal."""
@@ -145,16 +159,7 @@ def run_cli(args: list[str], log: Path, timeout_s: float = 600) -> tuple[int, st
     A run still going after ``timeout_s`` is killed with its process group and raises ``AssertionError`` with the
     end of its output.
     """
-    env = job_env()
-    zygote = _zygote_for(env)
-    if zygote is not None:
-        proc = zygote.start("real_lightning.cli", args, env, log)
-    else:
-        with log.open("w") as out:
-            cmd = [sys.executable, "-m", "real_lightning.cli", *args]
-            proc = subprocess.Popen(
-                cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
+    proc = _start(["real_lightning.cli", *args], job_env(), log)
     deadline = time.monotonic() + timeout_s
     try:
         while proc.poll() is None and time.monotonic() < deadline:
@@ -186,7 +191,7 @@ def run_ranks(
     """
     logs.mkdir(parents=True, exist_ok=True)
     port = str(free_port())
-    procs, files = [], []
+    procs = []
     for rank in range(world_size):
         env = {
             **job_env(),
@@ -199,18 +204,7 @@ def run_ranks(
             "NODE_RANK": "0",
             "LOCAL_WORLD_SIZE": str(world_size),
         }
-        out = (logs / f"rank{rank}.log").open("w")
-        files.append(out)
-        # a session per rank: the timeout kills the rank with its worker processes (a rank blocked in a collective
-        # ignores SIGTERM, so SIGKILL)
-        zygote = _zygote_for(env)
-        if zygote is not None:
-            procs.append(zygote.start(module[0], [*module[1:], *args], env, logs / f"rank{rank}.log"))
-            continue
-        cmd = [sys.executable, "-m", *module, *args]
-        procs.append(
-            subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        )
+        procs.append(_start([*module, *args], env, logs / f"rank{rank}.log"))
     deadline = time.monotonic() + timeout_s
     try:
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
@@ -222,8 +216,6 @@ def run_ranks(
         stalled = [rank for rank, p in enumerate(procs) if p.poll() is None]
         for p in procs:
             kill_group(p)
-        for f in files:
-            f.close()
     failed = [rank for rank, p in enumerate(procs) if p.returncode != exit_code and rank not in stalled]
     if stalled or failed:
         parts = []
