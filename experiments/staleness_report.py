@@ -3,6 +3,7 @@ per seed), the weight statistics per arm and staleness, the check of the pilot's
 runs, and the verdict under the decision rule of docs/staleness.md, as written there.
 
     python -m experiments.staleness_report experiments/results/staleness.json
+    python -m experiments.staleness_report experiments/results/staleness.json --images docs/images   # + figures
 
 The rule, operationally (committed before the grid's first result): a run's score is the mean of its last 3
 held-out Pass@1 validations; Δ(A − B, S, seed) = score(A) − score(B); growth(X, seed) = Δ(REAL − X, S_high, seed)
@@ -27,6 +28,7 @@ import statistics
 from pathlib import Path
 
 from experiments.staleness import ARMS, mean_of
+from experiments.staleness_figures import figures
 
 THRESHOLD = 0.03
 """The rule's smallest Pass@1 difference that counts."""
@@ -177,11 +179,15 @@ def verdict(summary: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("summary", type=Path, nargs="?", default=Path("experiments/results/staleness.json"))
+    parser.add_argument("--images", type=Path, help="also write the PNGs of experiments/staleness_figures.py here")
     args = parser.parse_args()
     summary = json.loads(args.summary.read_text())
     print("## Held-out Pass@1\n\n" + grid_table(summary))
     print("\n## Weight statistics (means over steps, then seeds)\n\n" + mechanism_table(summary))
     print("\n## Verdict under the rule\n\n" + json.dumps(verdict(summary), indent=1))
+    if args.images:
+        for path in figures(grid(summary), args.images):
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

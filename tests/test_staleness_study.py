@@ -155,3 +155,20 @@ def test_the_verdict_follows_the_written_rule() -> None:
     assert report.verdict(off)["lr_not_matched"] == ["dapo"]
     tables = report.grid_table(off) + report.mechanism_table(off)
     assert "| real_s0 | 32 | 0.410 ± 0.010 |" in tables and "| grpo | 32 | 3 |" in tables
+
+
+def test_the_report_draws_its_figures_from_the_summary(tmp_path) -> None:
+    """``--images`` writes both PNGs from a summary, also one that holds only some arms and one staleness level."""
+    full = _grid_summary({arm: FLAT for arm in staleness.ARMS})
+    partial = _grid_summary({"real": {0: [0.4, 0.5]}, "grpo": {0: [0.4]}})
+    for name, summary in [("full", full), ("partial", partial)]:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(summary))
+        run = subprocess.run(
+            [sys.executable, "-m", "experiments.staleness_report", str(path), "--images", str(tmp_path / name)],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        for png in ("staleness_pass_at_1.png", "staleness_mechanism.png"):
+            assert (tmp_path / name / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"wrote {tmp_path / name / png}" in run.stdout
