@@ -104,9 +104,19 @@ def fit_arguments(run: Run, out: Path, policy: str, extra: list[str]) -> list[st
         "--trainer.max_steps", str(run.steps),
         "--trainer.default_root_dir", str(folder),
         "--trainer.logger.init_args.save_dir", str(folder),
-        "--trainer.logger.init_args.name", "tb",  # its first version, version_0, is the run's (a resume keeps it)
+        "--trainer.logger.init_args.name", "tb",  # a resume keeps its checkpoint's version: see run_logs
         *extra,
     ]  # fmt: skip
+
+
+def run_logs(folder: Path) -> Path:
+    """The run's logger folder: the newest ``tb/version_N`` (by N; ``version_0`` before the first fit).
+
+    A fit resumed from ``last.ckpt`` logs into its checkpoint's version. One killed before its first checkpoint
+    starts again from step 0, and Lightning gives the new fit the next version, so the newest version holds the
+    whole run and an older one only the abandoned start (reading ``version_0`` once recorded 19 of 300 steps)."""
+    versions = sorted(folder.glob("tb/version_*"), key=lambda path: int(path.name.removeprefix("version_")))
+    return versions[-1] if versions else folder / "tb" / "version_0"
 
 
 def done_steps(folder: Path) -> int:
@@ -136,7 +146,7 @@ def run_fit(folder: Path, args: list[str], label: str) -> float:
     """``real-lightning fit`` with ``args`` in ``folder`` (output appended to ``fit.log``), continuing from the run's
     ``last.ckpt`` when it has one; exits naming the log when the fit fails. Returns the seconds it took."""
     folder.mkdir(parents=True, exist_ok=True)
-    last = folder / "tb" / "version_0" / "checkpoints" / "last.ckpt"
+    last = run_logs(folder) / "checkpoints" / "last.ckpt"
     resumed = last.exists()
     if resumed:
         args = [*args, "--ckpt_path", str(last)]
@@ -153,9 +163,9 @@ def summarize(folder: Path) -> dict:
     """A run's curves, health findings and final training reward, read back from its logs."""
     from real_lightning.analysis.viz import load_scalars
 
-    scalars = load_scalars(folder / "tb" / "version_0")
+    scalars = load_scalars(run_logs(folder))
     curves = {tag: [[int(s), float(v)] for s, v in scalars[tag]] for tag in CURVES if tag in scalars}
-    health_file = folder / "tb" / "version_0" / "health.json"
+    health_file = run_logs(folder) / "health.json"
     health = json.loads(health_file.read_text())["findings"] if health_file.exists() else []
     rewards = [v for _, v in curves.get("rollout/reward_mean", [])]
     tail = rewards[-max(1, len(rewards) // 4) :]
@@ -258,7 +268,7 @@ def sample_weights(out: Path, seed: int, picks: int = 6) -> dict[str, dict[str, 
 
     samples = {}
     for folder in sorted((out / "main").glob(f"*/*-seed{seed}")):
-        records = folder / "tb" / "version_0" / "gradient_weights"
+        records = run_logs(folder) / "gradient_weights"
         tables = [pd.read_parquet(f) for f in sorted(records.glob("step_*.parquet"))] if records.exists() else []
         off_policy = [t for t in tables if (t["score"] != 0).any()]
         if not off_policy:

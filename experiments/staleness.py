@@ -22,7 +22,11 @@ Stages:
   correct responses, REAL's pilot), G3 (at ``--high-staleness``: GRPO's p90 |s| of positives and of negatives
   ≥ 0.25 and ≥ 5 % of its positive-advantage tokens clipped, means over a ``--pilot-steps`` run), printed
   whatever they say;
-- ``grid``: every loss at its pilot lr × S ∈ {0, ``--high-staleness``} × ``--seeds``, ``--steps`` each.
+- ``grid``: every loss at its pilot lr × S ∈ {0, ``--high-staleness``} × ``--seeds``, ``--steps`` each;
+- ``matched_lr`` (post hoc, outside the decision rule; not in the default stages): REAL at ``--matched-real-lr``
+  × S ∈ {0, ``--high-staleness``} × ``--seeds``, the lr at which REAL's S = 0 drift should match GRPO's (the
+  grid found REAL's at the pilot's lr ~1.9× GRPO's), so that its fall under staleness can be read at equal
+  step size. Its runs are kept apart from the grid's (``matched_lr/real/...``) and never enter the verdict.
 
 Every run is ``real-lightning fit -c configs/staleness.yaml`` in its own folder; a finished one writes
 ``done.json`` with its curves, an unfinished one with a checkpoint continues with ``--ckpt_path last``.
@@ -40,7 +44,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.replicate import done_steps, rounded, run_fit
+from experiments.replicate import done_steps, rounded, run_fit, run_logs
 
 REPO = Path(__file__).resolve().parent.parent
 ARMS = {
@@ -105,6 +109,10 @@ def execute(run: Run, out: Path, policy: str, extra: list[str], label: str) -> d
         return json.loads((folder / "done.json").read_text())
     seconds = run_fit(folder, [*run.arguments(out, policy), *extra], f"{label} ({folder})")
     record = {"steps": run.steps, "seconds": seconds, "curves": curves(folder)}
+    last = max((at for curve in record["curves"].values() for at, _ in curve), default=-1)
+    if last < run.steps - 1:
+        logs = run_logs(folder)
+        raise SystemExit(f"{label}: the logs of {logs} end at step {last}, not {run.steps - 1}; nothing recorded")
     (folder / "done.json").write_text(json.dumps(rounded(record), indent=1) + "\n")
     pass1 = record["curves"].get("val/held_out/pass@1", [])
     change = f"Pass@1 {pass1[0][1]:.3f} → {pass1[-1][1]:.3f}" if pass1 else "no validation"
@@ -116,7 +124,7 @@ def curves(folder: Path) -> dict[str, list[list[float]]]:
     """The run's logged scalars whose tags start with one of :data:`CURVE_PREFIXES`, as [step, value] pairs."""
     from real_lightning.analysis.viz import load_scalars
 
-    scalars = load_scalars(folder / "tb" / "version_0")
+    scalars = load_scalars(run_logs(folder))
     chosen = sorted(tag for tag in scalars if tag.startswith(CURVE_PREFIXES))
     return {tag: [[int(s), float(v)] for s, v in scalars[tag]] for tag in chosen}
 
@@ -307,7 +315,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "staleness")
     stages = ["policy", "pilot", "gates", "grid"]
-    parser.add_argument("--stages", nargs="+", default=stages, choices=stages)
+    parser.add_argument("--stages", nargs="+", default=stages, choices=[*stages, "matched_lr"])
+    parser.add_argument(
+        "--matched-real-lr", type=float, default=2.2e-5,
+        help="REAL's lr in the matched_lr stage (2.2e-5: 3e-5 × 0.52^(1/2.07), GRPO's S = 0 KL ÷ REAL's on the grid, "
+        "2.07 the slope of log KL against log lr in REAL's pilot)",
+    )  # fmt: skip
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps of each grid run")
@@ -363,6 +376,14 @@ def main() -> None:
             ]
             for i, run in enumerate(runs, 1):
                 execute(run, args.out, policy, args.extra, f"[{i}/{len(runs)}] grid {run.arm} S={run.staleness}")
+    if "matched_lr" in args.stages:
+        runs = [
+            Run("matched_lr", "real", args.matched_real_lr, s, seed, args.steps)
+            for seed in args.seeds
+            for s in (0, args.high_staleness)
+        ]
+        for i, run in enumerate(runs, 1):
+            execute(run, args.out, policy, args.extra, f"[{i}/{len(runs)}] matched_lr real S={run.staleness}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -20,7 +21,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from experiments.replication_report import band
 from experiments.staleness import ARMS
 
 COLORS = {
@@ -39,6 +39,26 @@ MECHANISM_PANELS = [
 """(logged tag, panel title, y scale) of ``staleness_mechanism.png``."""
 
 
+def band(
+    ax: plt.Axes, records: list[dict], key: str, color: str, label: str, window: int = 1, style: str = "-"
+) -> None:
+    """Mean over seeds as a line, min–max over seeds as a band, at the steps every seed logged (a resumed run can
+    lack one validation, so the seeds' curves are aligned by step, not by position), each seed's curve first
+    smoothed by a trailing mean over ``window`` points."""
+    curves = [dict(r["curves"][key]) for r in records if r["curves"].get(key)]
+    if not curves:
+        return
+    steps = sorted(set.intersection(*(set(curve) for curve in curves)))
+    smoothed = []
+    for curve in curves:
+        values = [curve[at] for at in steps]
+        smoothed.append([statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))])
+    columns = list(zip(*smoothed, strict=True))
+    ax.plot(steps, [statistics.fmean(c) for c in columns], color=color, label=label, linestyle=style)
+    if len(curves) > 1:
+        ax.fill_between(steps, [min(c) for c in columns], [max(c) for c in columns], color=color, alpha=0.15)
+
+
 def _save(fig: plt.Figure, out: Path) -> Path:
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +74,7 @@ def pass_at_1_figure(runs: dict[str, dict[int, dict[int, dict]]], out: Path) -> 
     for ax, s in zip(axes[0], levels, strict=True):
         for arm in [a for a in ARMS if s in runs.get(a, {})]:
             seeds = runs[arm][s]
-            band(ax, {str(k): r for k, r in seeds.items()}, PASS1, COLORS[arm], f"{arm} ({len(seeds)} seeds)")
+            band(ax, list(seeds.values()), PASS1, COLORS[arm], f"{arm} ({len(seeds)} seeds)")
         ax.set(title=f"held-out Pass@1, S = {s}", xlabel="optimizer step")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -70,8 +90,7 @@ def mechanism_figure(runs: dict[str, dict[int, dict[int, dict]]], out: Path) -> 
             for s, style in [(levels[-1], "-"), (0, "--")] if levels[-1] != 0 else [(0, "-")]:
                 seeds = runs[arm].get(s, {})
                 if seeds:
-                    records = {str(k): r for k, r in seeds.items()}
-                    band(ax, records, tag, COLORS[arm], f"{arm}, S = {s}", window=10, style=style)
+                    band(ax, list(seeds.values()), tag, COLORS[arm], f"{arm}, S = {s}", window=10, style=style)
         ax.set(title=title, xlabel="optimizer step", yscale=scale)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)

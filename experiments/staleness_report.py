@@ -17,6 +17,9 @@ held-out Pass@1 validations; Δ(A − B, S, seed) = score(A) − score(B); growt
 - **tie**: anything else. The first that holds, in this order, is the verdict; all conditions are reported.
 
 The verdict needs the 3 seeds of every arm at both staleness levels; before that it says "incomplete".
+
+After the verdict, and outside the rule, it prints REAL at the ``matched_lr`` stage's lr (``experiments.staleness
+--stages matched_lr``) beside the grid, when the summary holds such runs (``matched_lr_table``).
 """
 
 from __future__ import annotations
@@ -45,9 +48,11 @@ MECHANISM = [
     ("mechanism/rank_corr_pos_defined", "share defined"),
     ("mechanism/distinct_correct_mean", "distinct correct"),
     ("train/entropy", "entropy"),
-    ("train/ppo_kl", "KL / step"),
+    ("train/ppo_kl", "KL(π_b ‖ π_θ)"),
 ]
-"""The per-step statistics of the mechanism table: (logged tag, column)."""
+"""The per-step statistics of the mechanism table: (logged tag, column). ``train/ppo_kl`` is the KL of the policy
+being trained from the behaviour policy π_b that sampled its mini-batch (π_old = π_b in this study), nats per token:
+the drift since sampling, which at S = 32 spans ~128 optimizer steps, not one."""
 
 
 def score(record: dict, last: int = 3) -> float:
@@ -56,10 +61,10 @@ def score(record: dict, last: int = 3) -> float:
     return statistics.fmean(values[-last:]) if values else math.nan
 
 
-def grid(summary: dict) -> dict[str, dict[int, dict[int, dict]]]:
-    """The grid's finished runs: arm → S → seed → record."""
+def grid(summary: dict, stage: str = "grid") -> dict[str, dict[int, dict[int, dict]]]:
+    """A stage's finished runs (the grid's by default): arm → S → seed → record."""
     out: dict[str, dict[int, dict[int, dict]]] = {}
-    for arm, runs in summary.get("runs", {}).get("grid", {}).items():
+    for arm, runs in summary.get("runs", {}).get(stage, {}).items():
         for name, record in runs.items():
             staleness, seed = (int(part) for part in name.split("-S")[1].split("-seed"))
             out.setdefault(arm, {}).setdefault(staleness, {})[seed] = record
@@ -107,6 +112,50 @@ def kl_check(summary: dict) -> dict[str, float]:
         means[arm] = statistics.fmean(values) if values else math.nan
     reference = means.get("real", math.nan)
     return {arm: means[arm] / reference for arm in ARMS if arm in means}
+
+
+def matched_lr_table(summary: dict) -> str:
+    """Markdown, outside the rule: REAL at the ``matched_lr`` stage's lr beside the grid, per seed that has both S.
+
+    Columns: its score at S = 0 and S_high and its drop (score(0) − score(S_high)), the drops of the grid's REAL,
+    GRPO and DAPO in the same seed, and Δ(REAL at the matched lr − GRPO) at S_high; then its S = 0 KL from π_b
+    against GRPO's and the grid REAL's (means over its S = 0 runs). Empty without such runs."""
+    matched, runs = grid(summary, "matched_lr").get("real", {}), grid(summary)
+    if not matched:
+        return ""
+    high = max(matched)
+    seeds = sorted(set(matched.get(0, {})) & set(matched.get(high, {})))
+    name = next(iter(summary["runs"]["matched_lr"]["real"]))
+    lr = name.removeprefix("lr").split("-S")[0]
+
+    def drop(arm_runs: dict, k: int) -> str:
+        has = k in arm_runs.get(0, {}) and k in arm_runs.get(high, {})
+        return f"{score(arm_runs[0][k]) - score(arm_runs[high][k]):.3f}" if has else "–"
+
+    lines = [
+        f"| seed | REAL {lr}: S = 0 | S = {high} | drop | drop, REAL (grid) | drop, GRPO | drop, DAPO "
+        f"| Δ(REAL {lr} − GRPO), S = {high} |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for k in seeds:
+        zero, stale = score(matched[0][k]), score(matched[high][k])
+        grpo = runs.get("grpo", {}).get(high, {}).get(k)
+        versus = f"{stale - score(grpo):+.3f}" if grpo else "–"
+        row = [f"{zero:.3f}", f"{stale:.3f}", f"{zero - stale:.3f}"]
+        row += [drop(runs.get(arm, {}), k) for arm in ("real", "grpo", "dapo")] + [versus]
+        lines.append(f"| {k} | " + " | ".join(row) + " |")
+
+    def kl_at_zero(arm_runs: dict) -> float:
+        values = [mean_of(r, "train/ppo_kl") for r in arm_runs.get(0, {}).values()]
+        return statistics.fmean(values) if values else math.nan
+
+    kl = kl_at_zero(matched)
+    lines.append(
+        f"\nKL(π_b ‖ π_θ) at S = 0 over {len(matched.get(0, {}))} seeds: {kl:.3g}, "
+        f"{kl / kl_at_zero(runs.get('grpo', {})):.2f}× GRPO's, {kl / kl_at_zero(runs.get('real', {})):.2f}× the grid "
+        "REAL's"
+    )
+    return "\n".join(lines)
 
 
 def _paired(runs: dict, a: str, b: str, s: int, seeds: list[int]) -> list[float]:
@@ -185,6 +234,9 @@ def main() -> None:
     print("## Held-out Pass@1\n\n" + grid_table(summary))
     print("\n## Weight statistics (means over steps, then seeds)\n\n" + mechanism_table(summary))
     print("\n## Verdict under the rule\n\n" + json.dumps(verdict(summary), indent=1))
+    matched = matched_lr_table(summary)
+    if matched:
+        print("\n## Post hoc, outside the rule: REAL at a matched lr\n\n" + matched)
     if args.images:
         for path in figures(grid(summary), args.images):
             print(f"wrote {path}")

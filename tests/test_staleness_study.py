@@ -172,3 +172,60 @@ def test_the_report_draws_its_figures_from_the_summary(tmp_path) -> None:
         for png in ("staleness_pass_at_1.png", "staleness_mechanism.png"):
             assert (tmp_path / name / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             assert f"wrote {tmp_path / name / png}" in run.stdout
+
+
+def test_the_matched_lr_runs_are_reported_apart_from_the_rule() -> None:
+    """REAL at the matched_lr stage's lr: its own table, per seed with both S, its KL against GRPO's and the grid
+    REAL's; the verdict reads the grid alone."""
+    summary = _grid_summary({arm: FLAT for arm in staleness.ARMS})
+    assert staleness_report.matched_lr_table(summary) == ""
+    matched = _grid_summary({"real": {0: [0.45, 0.44, 0.43], 32: [0.40, 0.30]}})["runs"]["grid"]["real"]
+    for name, record in matched.items():
+        record["curves"]["train/ppo_kl"] = [[1, 0.5e-4]]
+        summary["runs"].setdefault("matched_lr", {}).setdefault("real", {})[name.replace("3e-05", "2.2e-05")] = record
+    table = staleness_report.matched_lr_table(summary)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert rows == [
+        "| 0 | 0.450 | 0.400 | 0.050 | 0.000 | 0.000 | 0.000 | +0.000 |",
+        "| 1 | 0.440 | 0.300 | 0.140 | 0.000 | 0.000 | 0.000 | -0.120 |",
+    ]
+    assert "REAL 2.2e-05: S = 0" in table and "0.50× GRPO's, 0.50× the grid REAL's" in table
+    assert staleness_report.verdict(summary) == staleness_report.verdict(
+        _grid_summary({a: FLAT for a in staleness.ARMS})
+    )
+
+
+def test_a_run_is_read_from_its_newest_log_version(tmp_path, monkeypatch) -> None:
+    """A fit killed before its first checkpoint starts again from step 0 in the next ``tb/version_N``: the run's
+    curves are that version's (by N: version_10 after version_2), its resume checkpoint is looked up there, and a
+    run whose logs stop short of its last step is refused, not recorded."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from experiments import replicate
+
+    run = staleness.Run("grid", "grpo", 1e-4, 32, 1, 10)
+    folder = run.folder(tmp_path)
+    for version, steps in [("version_2", 3), ("version_10", 10)]:
+        with SummaryWriter(folder / "tb" / version) as writer:
+            for step in range(steps):
+                writer.add_scalar("train/ppo_kl", 0.1 * step, step)
+    assert replicate.run_logs(folder) == folder / "tb" / "version_10"
+    assert [at for at, _ in staleness.curves(folder)["train/ppo_kl"]] == list(range(10))
+    assert replicate.run_logs(tmp_path / "none") == tmp_path / "none" / "tb" / "version_0"
+
+    (folder / "tb" / "version_10" / "checkpoints").mkdir()
+    (folder / "tb" / "version_10" / "checkpoints" / "last.ckpt").write_text("")
+    calls: list[list[str]] = []
+    monkeypatch.setattr(replicate.subprocess, "call", lambda args, **_: calls.append(args) or 0)
+    replicate.run_fit(folder, ["fit"], "resume")
+    assert calls[0][-2:] == ["--ckpt_path", str(folder / "tb" / "version_10" / "checkpoints" / "last.ckpt")]
+
+    def fit(at: Path, args: list[str], label: str) -> float:
+        with SummaryWriter(at / "tb" / "version_11") as writer:
+            writer.add_scalar("train/ppo_kl", 0.5, 4)  # killed again at step 4
+        return 1.0
+
+    monkeypatch.setattr(staleness, "run_fit", fit)
+    with pytest.raises(SystemExit, match="version_11 end at step 4, not 9; nothing recorded"):
+        staleness.execute(run, tmp_path, "policy", [], "[1/1] grid grpo")
+    assert not (folder / "done.json").exists()
