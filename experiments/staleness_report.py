@@ -118,8 +118,8 @@ def matched_lr_table(summary: dict) -> str:
     """Markdown, outside the rule: REAL at the ``matched_lr`` stage's lr beside the grid, per seed that has both S.
 
     Columns: its score at S = 0 and S_high and its drop (score(0) − score(S_high)), the drops of the grid's REAL,
-    GRPO and DAPO in the same seed, and Δ(REAL at the matched lr − GRPO) at S_high; then its S = 0 KL from π_b
-    against GRPO's and the grid REAL's (means over its S = 0 runs). Empty without such runs."""
+    GRPO and DAPO in the same seed, and Δ(REAL at the matched lr − GRPO) at S_high; then its KL from π_b at S = 0
+    and at S_high against GRPO's and the grid REAL's (means over runs). Empty without such runs."""
     matched, runs = grid(summary, "matched_lr").get("real", {}), grid(summary)
     if not matched:
         return ""
@@ -145,16 +145,17 @@ def matched_lr_table(summary: dict) -> str:
         row += [drop(runs.get(arm, {}), k) for arm in ("real", "grpo", "dapo")] + [versus]
         lines.append(f"| {k} | " + " | ".join(row) + " |")
 
-    def kl_at_zero(arm_runs: dict) -> float:
-        values = [mean_of(r, "train/ppo_kl") for r in arm_runs.get(0, {}).values()]
+    def kl_at(arm_runs: dict, s: int) -> float:
+        values = [mean_of(r, "train/ppo_kl") for r in arm_runs.get(s, {}).values()]
         return statistics.fmean(values) if values else math.nan
 
-    kl = kl_at_zero(matched)
-    lines.append(
-        f"\nKL(π_b ‖ π_θ) at S = 0 over {len(matched.get(0, {}))} seeds: {kl:.3g}, "
-        f"{kl / kl_at_zero(runs.get('grpo', {})):.2f}× GRPO's, {kl / kl_at_zero(runs.get('real', {})):.2f}× the grid "
-        "REAL's"
-    )
+    for s in (0, high):
+        kl = kl_at(matched, s)
+        lines.append(
+            f"{'' if s else chr(10)}KL(π_b ‖ π_θ) at S = {s} over {len(matched.get(s, {}))} seeds: {kl:.3g}, "
+            f"{kl / kl_at(runs.get('grpo', {}), s):.2f}× GRPO's, {kl / kl_at(runs.get('real', {}), s):.2f}× the grid "
+            "REAL's"
+        )
     return "\n".join(lines)
 
 
