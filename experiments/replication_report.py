@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
@@ -148,26 +149,33 @@ def allocation_table(runs: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def smooth(curve: Curve, window: int) -> tuple[list[float], list[float]]:
-    """Trailing moving average of a curve → (steps, values)."""
-    steps = [at for at, _ in curve]
-    values = [v for _, v in curve]
-    return steps, [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
-
-
 def band(
-    ax: plt.Axes, records: dict[str, dict], key: str, color: str, label: str, window: int = 1, style: str = "-"
+    ax: plt.Axes, records: Iterable[dict], key: str, color: str, label: str, window: int = 1, style: str = "-"
 ) -> None:
-    """Mean over seeds as a line, min–max over seeds as a band (curves cut to the shortest seed)."""
-    curves = [smooth(r["curves"][key], window) for r in records.values() if r["curves"].get(key)]
+    """Mean over seeds as a line, min–max over seeds as a band, at the steps every seed logged (a resumed run can
+    lack one validation, so the seeds' curves are aligned by step, not by position), each seed's curve first
+    smoothed by a trailing mean over ``window`` points."""
+    curves = [dict(r["curves"][key]) for r in records if r["curves"].get(key)]
     if not curves:
         return
-    length = min(len(steps) for steps, _ in curves)
-    steps = curves[0][0][:length]
-    columns = list(zip(*(values[:length] for _, values in curves), strict=True))
+    steps = sorted(set.intersection(*(set(curve) for curve in curves)))
+    smoothed = []
+    for curve in curves:
+        values = [curve[at] for at in steps]
+        smoothed.append([statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))])
+    columns = list(zip(*smoothed, strict=True))
     ax.plot(steps, [statistics.fmean(c) for c in columns], color=color, label=label, linestyle=style)
     if len(curves) > 1:
         ax.fill_between(steps, [min(c) for c in columns], [max(c) for c in columns], color=color, alpha=0.15)
+
+
+def save_figure(fig: plt.Figure, out: Path) -> Path:
+    """Lay out, write at 110 dpi (creating ``out``'s folder) and close ``fig``; returns ``out``."""
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def figure(runs: dict[str, dict[str, dict]], panels: list[tuple[str, str, int]], out: Path) -> Path:
@@ -178,15 +186,11 @@ def figure(runs: dict[str, dict[str, dict]], panels: list[tuple[str, str, int]],
         for label, records in runs.items():
             style = "--" if loss_of(label) in seen else "-"  # a loss's second lr: dashed
             seen.add(loss_of(label))
-            band(ax, records, key, COLORS[loss_of(label)], f"{label} ({len(records)} seeds)", window, style)
+            band(ax, records.values(), key, COLORS[loss_of(label)], f"{label} ({len(records)} seeds)", window, style)
         ax.set(title=title, xlabel="optimizer step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def figures(runs: dict[str, dict[str, dict]], images: Path) -> list[Path]:

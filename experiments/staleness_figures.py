@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from experiments.replication_report import band, save_figure
 from experiments.staleness import ARMS
 
 COLORS = {
@@ -39,34 +39,6 @@ MECHANISM_PANELS = [
 """(logged tag, panel title, y scale) of ``staleness_mechanism.png``."""
 
 
-def band(
-    ax: plt.Axes, records: list[dict], key: str, color: str, label: str, window: int = 1, style: str = "-"
-) -> None:
-    """Mean over seeds as a line, min–max over seeds as a band, at the steps every seed logged (a resumed run can
-    lack one validation, so the seeds' curves are aligned by step, not by position), each seed's curve first
-    smoothed by a trailing mean over ``window`` points."""
-    curves = [dict(r["curves"][key]) for r in records if r["curves"].get(key)]
-    if not curves:
-        return
-    steps = sorted(set.intersection(*(set(curve) for curve in curves)))
-    smoothed = []
-    for curve in curves:
-        values = [curve[at] for at in steps]
-        smoothed.append([statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))])
-    columns = list(zip(*smoothed, strict=True))
-    ax.plot(steps, [statistics.fmean(c) for c in columns], color=color, label=label, linestyle=style)
-    if len(curves) > 1:
-        ax.fill_between(steps, [min(c) for c in columns], [max(c) for c in columns], color=color, alpha=0.15)
-
-
-def _save(fig: plt.Figure, out: Path) -> Path:
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
 def pass_at_1_figure(runs: dict[str, dict[int, dict[int, dict]]], out: Path) -> Path:
     """One panel per staleness level of ``runs`` (arm → S → seed → record): Pass@1 per arm, mean and band."""
     levels = sorted({s for by_s in runs.values() for s in by_s})
@@ -78,7 +50,7 @@ def pass_at_1_figure(runs: dict[str, dict[int, dict[int, dict]]], out: Path) -> 
         ax.set(title=f"held-out Pass@1, S = {s}", xlabel="optimizer step")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def mechanism_figure(runs: dict[str, dict[int, dict[int, dict]]], out: Path) -> Path:
@@ -94,7 +66,7 @@ def mechanism_figure(runs: dict[str, dict[int, dict[int, dict]]], out: Path) -> 
         ax.set(title=title, xlabel="optimizer step", yscale=scale)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def figures(runs: dict[str, dict[int, dict[int, dict]]], images: Path) -> list[Path]:

@@ -103,13 +103,16 @@ def mechanism_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def mean_kl(arm_runs: dict[int, dict[int, dict]], staleness: int) -> float:
+    """An arm's mean ``train/ppo_kl`` (over steps, then its runs) at one staleness; NaN without runs there."""
+    values = [mean_of(r, "train/ppo_kl") for r in arm_runs.get(staleness, {}).values()]
+    return statistics.fmean(values) if values else math.nan
+
+
 def kl_check(summary: dict) -> dict[str, float]:
     """Each arm's mean ``train/ppo_kl`` over its S = 0 grid runs ÷ REAL's (the pilot's match, on 9× the data)."""
     runs = grid(summary)
-    means = {}
-    for arm in runs:
-        values = [mean_of(r, "train/ppo_kl") for r in runs[arm].get(0, {}).values()]
-        means[arm] = statistics.fmean(values) if values else math.nan
+    means = {arm: mean_kl(runs[arm], 0) for arm in runs}
     reference = means.get("real", math.nan)
     return {arm: means[arm] / reference for arm in ARMS if arm in means}
 
@@ -145,16 +148,13 @@ def matched_lr_table(summary: dict) -> str:
         row += [drop(runs.get(arm, {}), k) for arm in ("real", "grpo", "dapo")] + [versus]
         lines.append(f"| {k} | " + " | ".join(row) + " |")
 
-    def kl_at(arm_runs: dict, s: int) -> float:
-        values = [mean_of(r, "train/ppo_kl") for r in arm_runs.get(s, {}).values()]
-        return statistics.fmean(values) if values else math.nan
-
+    lines.append("")
     for s in (0, high):
-        kl = kl_at(matched, s)
+        kl = mean_kl(matched, s)
         lines.append(
-            f"{'' if s else chr(10)}KL(π_b ‖ π_θ) at S = {s} over {len(matched.get(s, {}))} seeds: {kl:.3g}, "
-            f"{kl / kl_at(runs.get('grpo', {}), s):.2f}× GRPO's, {kl / kl_at(runs.get('real', {}), s):.2f}× the grid "
-            "REAL's"
+            f"KL(π_b ‖ π_θ) at S = {s} over {len(matched.get(s, {}))} seeds: {kl:.3g}, "
+            f"{kl / mean_kl(runs.get('grpo', {}), s):.2f}× GRPO's, {kl / mean_kl(runs.get('real', {}), s):.2f}× the "
+            "grid REAL's"
         )
     return "\n".join(lines)
 
